@@ -1,0 +1,172 @@
+#pragma once
+// Plain configuration structs, produced by load_config() and never changed afterwards.
+// Thread-safety: immutable once built; share them through std::shared_ptr<const ...>.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace portcullis::config {
+
+using Duration = std::chrono::milliseconds;
+
+struct HostPort {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string to_string() const;  // "127.0.0.1:8443", "[::1]:8443"
+};
+
+struct ServerTls {
+  std::filesystem::path certificate;  // PEM: leaf first, then its intermediates
+  std::filesystem::path private_key;  // PEM
+  std::string min_version = "1.2";    // "1.2" | "1.3"
+  std::vector<std::string> groups;    // empty = OpenSSL's defaults
+  std::string ciphers;                // TLS 1.2 cipher list; empty = built-in strong default
+  std::string ciphersuites;           // TLS 1.3 suites; empty = OpenSSL's default
+  Duration handshake_timeout{std::chrono::seconds(10)};
+};
+
+struct ClientAuth {
+  std::filesystem::path truststore;  // PEM bundle of roots and intermediates
+  // Maximum number of intermediate CA certificates between the client certificate and the
+  // trust anchor (OpenSSL's verify depth, NGINX's ssl_verify_depth).
+  int max_chain_depth = 4;
+  bool send_ca_names = true;  // list the truststore's roots in the CertificateRequest
+};
+
+enum class IdentityPreset { standard, rfc9440, xfcc, aws_alb };  // "default" in YAML = standard
+
+struct RouteMatch {
+  std::string host = "*";  // "*", exact host, or "*.suffix"
+  std::string path_prefix = "/";
+};
+
+// One authorization rule: every field that is set must match (empty = not part of the rule).
+struct AllowRule {
+  std::vector<std::pair<std::string, std::string>> subject;  // attribute (CN, O, OU, ...) → glob
+  std::string issuer;                                        // glob on the RFC 4514 issuer
+  std::string san_dns, san_uri, san_email, san_ip;           // globs, by SAN type
+  std::string fingerprint_sha256;                            // lowercase hex, exact
+  std::string spki_sha256;                                   // lowercase hex, exact
+  int line = 0;
+};
+
+struct Route {
+  RouteMatch match;
+  std::string upstream;          // key into Config::upstreams
+  bool has_allow = false;        // false: every verified client is admitted
+  std::vector<AllowRule> allow;  // admitted when any rule matches
+  std::uint64_t max_body_bytes = 0;  // 0 = unlimited
+};
+
+struct Listener {
+  std::string name;
+  HostPort address;
+  ServerTls tls;
+  ClientAuth client_auth;
+  IdentityPreset identity_headers = IdentityPreset::standard;
+  std::vector<Route> routes;
+  Duration header_timeout{std::chrono::seconds(30)};  // to receive a request's header
+  Duration idle_timeout{std::chrono::seconds(60)};    // keep-alive between requests
+  std::uint64_t max_header_bytes = 16 * 1024;
+  int max_connections = 10000;
+};
+
+struct Upstream {
+  std::string name;
+  std::vector<HostPort> endpoints;
+  Duration connect_timeout{std::chrono::seconds(5)};
+  Duration response_timeout{std::chrono::seconds(30)};  // until the response header arrives
+  Duration idle_timeout{std::chrono::seconds(60)};      // pooled keep-alive connections
+  int max_idle_connections = 32;                        // per endpoint and io thread
+};
+
+enum class RevocationMode { none, crl, ocsp, ocsp_then_crl, crl_then_ocsp };
+enum class OnUnknown { deny, allow };
+
+struct CrlSource {
+  std::string url;              // http:// or https://
+  std::filesystem::path file;   // or a local file
+};
+
+struct Revocation {
+  RevocationMode mode = RevocationMode::none;
+  OnUnknown on_unknown = OnUnknown::deny;
+  struct Crl {
+    std::vector<CrlSource> sources;
+    bool discover = false;
+    Duration refresh_interval{std::chrono::seconds(60)};
+    Duration stale_grace{std::chrono::hours(1)};
+    std::filesystem::path cache_dir;
+  } crl;
+};
+
+struct Admin {
+  HostPort address{"127.0.0.1", 9901};
+};
+
+struct Logging {
+  std::string level = "info";        // trace | debug | info | warn | error | off
+  std::string access_log = "stdout";  // stdout | stderr | off | a file path
+};
+
+struct Runtime {
+  int io_threads = 0;  // 0 = number of cores
+  Duration shutdown_grace{std::chrono::seconds(10)};
+};
+
+struct Config {
+  std::filesystem::path source;  // the config file (absolute)
+  std::vector<Listener> listeners;
+  std::map<std::string, Upstream> upstreams;
+  Revocation revocation;
+  Admin admin;
+  Logging logging;
+  Runtime runtime;
+};
+
+// "portcullis.yaml:14: listeners[0].client_auth.truststore: file not found: /etc/..."
+struct Diagnostic {
+  std::string file;
+  int line = 0;  // 1-based; 0 when unknown
+  std::string key;
+  std::string message;
+  std::string to_string() const;
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  explicit ConfigError(std::vector<Diagnostic> errors);
+  const std::vector<Diagnostic>& errors() const { return errors_; }
+
+ private:
+  std::vector<Diagnostic> errors_;
+};
+
+struct LoadResult {
+  Config config;
+  std::vector<Diagnostic> warnings;
+};
+
+// Reads, parses and validates a config file. Relative paths are resolved against the file's
+// directory. Throws ConfigError carrying every error found (not only the first).
+LoadResult load_config(const std::filesystem::path& file);
+
+// Same, from text; `file` names the source in messages and anchors relative paths.
+LoadResult parse_config(std::string_view yaml, const std::filesystem::path& file);
+
+// "250ms", "30s", "5m", "1h", "1d"; throws std::invalid_argument with a readable message.
+Duration parse_duration(std::string_view text);
+// "512", "64KiB", "64MiB", "1GiB", "10kB", "10MB"; throws std::invalid_argument.
+std::uint64_t parse_size(std::string_view text);
+
+std::string_view to_string(IdentityPreset preset);
+std::string_view to_string(RevocationMode mode);
+
+}  // namespace portcullis::config

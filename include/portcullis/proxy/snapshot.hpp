@@ -1,0 +1,38 @@
+#pragma once
+// Everything one configuration generation needs at run time, built once and never changed:
+// the config itself, each listener's TLS context and truststore, and the revocation checker.
+// A connection holds the Snapshot it was accepted with for its whole life; a reload builds a new
+// one next to it.
+// Thread-safety: immutable after build_snapshot(); share as std::shared_ptr<const Snapshot>.
+
+#include "portcullis/config/config.hpp"
+#include "portcullis/revocation/checker.hpp"
+#include "portcullis/tls/truststore.hpp"
+
+#include <boost/asio/ssl/context.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace portcullis::proxy {
+
+struct ListenerContext {
+  const config::Listener* config = nullptr;  // points into Snapshot::config
+  std::shared_ptr<const tls::Truststore> truststore;
+  std::unique_ptr<boost::asio::ssl::context> ssl;
+};
+
+struct Snapshot {
+  std::shared_ptr<const config::Config> config;
+  std::vector<config::Diagnostic> warnings;
+  std::shared_ptr<const revocation::Checker> revocation;
+  std::vector<std::unique_ptr<ListenerContext>> listeners;  // same order as config->listeners
+};
+
+// Loads truststores, builds TLS contexts and the revocation checker. Throws (tls::TlsError,
+// std::runtime_error) with a message naming the listener and file on any failure: a snapshot
+// that cannot enforce client authentication is never built.
+std::shared_ptr<const Snapshot> build_snapshot(config::LoadResult loaded);
+
+}  // namespace portcullis::proxy

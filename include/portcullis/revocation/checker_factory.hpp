@@ -1,0 +1,15 @@
+#pragma once
+// Builds the revocation checker the TLS verify path calls, from the revocation settings.
+
+#include "portcullis/config/config.hpp"
+#include "portcullis/revocation/checker.hpp"
+
+#include <memory>
+
+namespace portcullis::revocation {
+
+// Null when revocation is off (mode none). Throws std::runtime_error for settings that cannot be
+// enforced, so the gateway refuses to start rather than run without the checks asked for.
+std::shared_ptr<const Checker> make_checker(const config::Revocation& settings);
+
+}  // namespace portcullis::revocation

@@ -1,0 +1,134 @@
+#include "portcullis/app/cli.hpp"
+
+#include "portcullis/app/demo.hpp"
+#include "portcullis/app/gateway.hpp"
+#include "portcullis/config/config.hpp"
+#include "portcullis/echo/echo_server.hpp"
+#include "portcullis/proxy/snapshot.hpp"
+
+#include <boost/program_options.hpp>
+#include <openssl/opensslv.h>
+
+#include <iostream>
+
+namespace portcullis::app {
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr const char* usage = R"(usage:
+  portcullis --config FILE                 run the gateway
+  portcullis --check-config --config FILE  validate FILE (and its certificates), print warnings
+  portcullis demo [--dir DIR] [--port N] [--admin-port N] [--upstream-port N]
+  portcullis echo-upstream --listen HOST:PORT [--threads N]
+  portcullis --version
+)";
+
+void print_errors(const config::ConfigError& e) {
+  for (const auto& d : e.errors()) std::cerr << "error: " << d.to_string() << "\n";
+}
+
+int check_config(const std::string& file) {
+  try {
+    auto loaded = config::load_config(file);
+    const auto warnings = loaded.warnings;
+    // Building the snapshot loads the truststores and TLS material, as a start would.
+    auto snapshot = proxy::build_snapshot(std::move(loaded));
+    for (const auto& w : warnings) std::cerr << "warning: " << w.to_string() << "\n";
+    for (const auto& l : snapshot->listeners) {
+      for (const auto& w : l->truststore->summary().warnings) {
+        std::cerr << "warning: " << l->truststore->summary().path.string() << ": " << w << "\n";
+      }
+    }
+    std::cout << "configuration OK: " << file << "\n";
+    return 0;
+  } catch (const config::ConfigError& e) {
+    print_errors(e);
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << file << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int run_gateway(const std::string& file) {
+  try {
+    Gateway gateway(config::load_config(file));
+    return gateway.run();
+  } catch (const config::ConfigError& e) {
+    print_errors(e);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << file << ": " << e.what() << "\n";
+  }
+  std::cerr << "portcullis: not started\n";
+  return 1;
+}
+
+int demo_command(const std::vector<std::string>& args) {
+  po::options_description options("demo options");
+  DemoOptions demo;
+  options.add_options()("dir", po::value<std::string>()->default_value(demo.dir.string()),
+                        "directory for the PKI and config")(
+      "port", po::value<std::uint16_t>()->default_value(demo.port), "gateway port")(
+      "admin-port", po::value<std::uint16_t>()->default_value(demo.admin_port), "admin port")(
+      "upstream-port", po::value<std::uint16_t>()->default_value(demo.upstream_port),
+      "echo upstream port");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  po::notify(vm);
+  demo.dir = vm["dir"].as<std::string>();
+  demo.port = vm["port"].as<std::uint16_t>();
+  demo.admin_port = vm["admin-port"].as<std::uint16_t>();
+  demo.upstream_port = vm["upstream-port"].as<std::uint16_t>();
+  return run_demo(demo);
+}
+
+int echo_command(const std::vector<std::string>& args) {
+  po::options_description options("echo-upstream options");
+  options.add_options()("listen", po::value<std::string>()->required(), "HOST:PORT")(
+      "threads", po::value<int>()->default_value(1), "io threads");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  po::notify(vm);
+  return echo::run_echo_upstream(vm["listen"].as<std::string>(), vm["threads"].as<int>());
+}
+
+}  // namespace
+
+int main_entry(int argc, char** argv) {
+  try {
+    if (argc >= 2 && std::string_view(argv[1]) == "demo") {
+      return demo_command(std::vector<std::string>(argv + 2, argv + argc));
+    }
+    if (argc >= 2 && std::string_view(argv[1]) == "echo-upstream") {
+      return echo_command(std::vector<std::string>(argv + 2, argv + argc));
+    }
+    po::options_description options("options");
+    options.add_options()("config,c", po::value<std::string>(), "configuration file (YAML)")(
+        "check-config", "validate the configuration and exit")("version", "print the version")(
+        "help,h", "this help");
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    po::notify(vm);
+    if (vm.count("help")) {
+      std::cout << usage << "\n" << options;
+      return 0;
+    }
+    if (vm.count("version")) {
+      std::cout << "portcullis " << PORTCULLIS_VERSION << " (" << OPENSSL_VERSION_TEXT << ")\n";
+      return 0;
+    }
+    if (!vm.count("config")) {
+      std::cerr << "portcullis: --config FILE is required\n" << usage;
+      return 2;
+    }
+    const auto file = vm["config"].as<std::string>();
+    return vm.count("check-config") ? check_config(file) : run_gateway(file);
+  } catch (const po::error& e) {
+    std::cerr << "portcullis: " << e.what() << "\n" << usage;
+    return 2;
+  }
+}
+
+}  // namespace portcullis::app

@@ -1,0 +1,262 @@
+#include "portcullis/app/gateway.hpp"
+
+#include "portcullis/admin/admin_server.hpp"
+#include "portcullis/proxy/listener.hpp"
+#include "portcullis/proxy/services.hpp"
+#include "portcullis/proxy/snapshot.hpp"
+#include "portcullis/proxy/worker.hpp"
+#include "portcullis/util/logging.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/json.hpp>
+#include <openssl/opensslv.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+namespace portcullis::app {
+
+namespace net = boost::asio;
+namespace json = boost::json;
+
+struct Gateway::Impl {
+  net::io_context control{1};
+  proxy::Services services;
+  std::atomic<std::shared_ptr<const proxy::Snapshot>> snapshot;
+  std::vector<std::unique_ptr<proxy::Worker>> workers;
+  std::vector<std::unique_ptr<proxy::Listener>> listeners;
+  std::unique_ptr<admin::AdminServer> admin;
+  std::atomic<bool> ready{false};
+  bool stopping = false;
+  std::string last_reload_error;
+  std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
+
+  std::shared_ptr<const proxy::Snapshot> current() const { return snapshot.load(); }
+  std::string status_json() const;
+  admin::Response reload();
+  void begin_shutdown(std::string_view why);
+  void wait_for_drain(std::chrono::steady_clock::time_point deadline);
+};
+
+namespace {
+
+json::array warnings_json(const std::vector<std::string>& warnings) {
+  json::array out;
+  for (const auto& w : warnings) out.emplace_back(w);
+  return out;
+}
+
+}  // namespace
+
+std::string Gateway::Impl::status_json() const {
+  const auto snap = current();
+  json::object status;
+  status["version"] = PORTCULLIS_VERSION;
+  status["openssl"] = OPENSSL_VERSION_TEXT;
+  status["config"] = snap->config->source.string();
+  status["ready"] = ready.load();
+  status["uptime_seconds"] = std::chrono::duration_cast<std::chrono::seconds>(
+                                 std::chrono::system_clock::now() - started)
+                                 .count();
+  status["active_connections"] = services.metrics.active_connections();
+  json::array listeners_json;
+  for (std::size_t i = 0; i < listeners.size(); ++i) {
+    const auto& cfg = *snap->listeners[i]->config;
+    const auto& trust = snap->listeners[i]->truststore->summary();
+    json::array routes;
+    for (const auto& r : cfg.routes) {
+      routes.push_back(json::object{{"host", r.match.host},
+                                    {"path_prefix", r.match.path_prefix},
+                                    {"upstream", r.upstream},
+                                    {"restricted", r.has_allow}});
+    }
+    listeners_json.push_back(json::object{
+        {"name", cfg.name},
+        {"address", listeners[i]->address()},
+        {"connections", listeners[i]->connections()},
+        {"min_tls_version", cfg.tls.min_version},
+        {"identity_headers", config::to_string(cfg.identity_headers)},
+        {"routes", std::move(routes)},
+        {"truststore", json::object{{"path", trust.path.string()},
+                                    {"certificates", trust.certificates},
+                                    {"roots", trust.roots},
+                                    {"intermediates", trust.intermediates},
+                                    {"warnings", warnings_json(trust.warnings)}}},
+    });
+  }
+  status["listeners"] = std::move(listeners_json);
+  // The first listener's truststore, for the common single-listener case.
+  if (!snap->listeners.empty()) {
+    const auto& trust = snap->listeners.front()->truststore->summary();
+    status["truststore"] = json::object{{"path", trust.path.string()},
+                                        {"certificates", trust.certificates},
+                                        {"roots", trust.roots},
+                                        {"intermediates", trust.intermediates},
+                                        {"warnings", warnings_json(trust.warnings)}};
+  }
+  json::object upstreams;
+  for (const auto& [name, u] : snap->config->upstreams) {
+    json::array endpoints;
+    for (const auto& e : u.endpoints) endpoints.emplace_back(e.to_string());
+    upstreams[name] = json::object{{"endpoints", std::move(endpoints)}};
+  }
+  status["upstreams"] = std::move(upstreams);
+  status["revocation"] = json::object{
+      {"mode", config::to_string(snap->config->revocation.mode)},
+      {"on_unknown", snap->config->revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow"}};
+  json::array config_warnings;
+  for (const auto& w : snap->warnings) config_warnings.emplace_back(w.to_string());
+  status["config_warnings"] = std::move(config_warnings);
+  status["last_reload_error"] = last_reload_error;
+  return json::serialize(status) + "\n";
+}
+
+// Builds the new generation on the control thread, away from the io threads. The listener set
+// itself (names and addresses) cannot change without a restart.
+admin::Response Gateway::Impl::reload() {
+  const auto old = current();
+  try {
+    auto loaded = config::load_config(old->config->source);
+    const auto& next = loaded.config.listeners;
+    const auto& prev = old->config->listeners;
+    if (next.size() != prev.size()) {
+      throw std::runtime_error("the set of listeners changed; restart to apply it");
+    }
+    for (std::size_t i = 0; i < next.size(); ++i) {
+      if (next[i].name != prev[i].name || next[i].address.to_string() != prev[i].address.to_string()) {
+        throw std::runtime_error("listener '" + next[i].name +
+                                 "' changed name or address; restart to apply it");
+      }
+    }
+    auto built = proxy::build_snapshot(std::move(loaded));
+    snapshot.store(built);
+    last_reload_error.clear();
+    services.metrics.config_reload(true);
+    spdlog::info("configuration reloaded from {}", built->config->source.string());
+    return admin::Response{200, "text/plain; charset=utf-8", "reloaded\n"};
+  } catch (const std::exception& e) {
+    last_reload_error = e.what();
+    services.metrics.config_reload(false);
+    spdlog::error("reload failed, keeping the running configuration: {}", e.what());
+    return admin::Response{400, "text/plain; charset=utf-8",
+                           std::string("reload failed: ") + e.what() + "\n"};
+  }
+}
+
+void Gateway::Impl::begin_shutdown(std::string_view why) {
+  if (stopping) return;
+  stopping = true;
+  ready = false;
+  spdlog::info("shutting down ({}): no new connections, finishing requests in flight", why);
+  services.draining = true;
+  for (auto& l : listeners) l->stop();
+  for (auto& w : workers) w->drain_idle();
+  const auto grace = current()->config->runtime.shutdown_grace;
+  wait_for_drain(std::chrono::steady_clock::now() + grace);
+}
+
+void Gateway::Impl::wait_for_drain(std::chrono::steady_clock::time_point deadline) {
+  auto timer = std::make_shared<net::steady_timer>(control, std::chrono::milliseconds(20));
+  timer->async_wait([this, timer, deadline](boost::system::error_code) {
+    const auto active = services.metrics.active_connections();
+    if (active == 0 || std::chrono::steady_clock::now() >= deadline) {
+      if (active != 0) spdlog::warn("shutdown grace over; closing {} connections", active);
+      if (admin) admin->stop();
+      control.stop();
+      return;
+    }
+    // Connections that went idle after their last response are closed as they turn idle.
+    for (auto& w : workers) w->drain_idle();
+    wait_for_drain(deadline);
+  });
+}
+
+Gateway::Gateway(config::LoadResult loaded) : impl_(std::make_unique<Impl>()) {
+  util::setup_logging(loaded.config.logging.level);
+  impl_->services.access_log = util::make_access_log(loaded.config.logging.access_log);
+  for (const auto& w : loaded.warnings) spdlog::warn("config: {}", w.to_string());
+  auto snap = proxy::build_snapshot(std::move(loaded));
+  for (const auto& l : snap->listeners) {
+    for (const auto& w : l->truststore->summary().warnings) {
+      spdlog::warn("truststore {}: {}", l->truststore->summary().path.string(), w);
+    }
+  }
+  impl_->snapshot.store(std::move(snap));
+}
+
+Gateway::~Gateway() {
+  for (auto& w : impl_->workers) w->stop();
+}
+
+int Gateway::run(std::function<void()> on_ready) {
+  auto& s = *impl_;
+  const auto snap = s.current();
+  const auto& cfg = *snap->config;
+
+  int threads = cfg.runtime.io_threads;
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<proxy::Worker*> worker_ptrs;
+  for (int i = 0; i < threads; ++i) {
+    s.workers.push_back(std::make_unique<proxy::Worker>());
+    worker_ptrs.push_back(s.workers.back().get());
+  }
+
+  for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
+    s.listeners.push_back(std::make_unique<proxy::Listener>(s.control, cfg.listeners[i], i));
+  }
+  admin::Handlers handlers;
+  handlers.ready = [&s] { return s.ready.load(); };
+  handlers.metrics = [&s] { return s.services.metrics.render(); };
+  handlers.status_json = [&s] { return s.status_json(); };
+  handlers.post["/reload"] = [&s] { return s.reload(); };
+  s.admin = std::make_unique<admin::AdminServer>(s.control.get_executor(), cfg.admin.address,
+                                                 std::move(handlers));
+
+  for (auto& w : s.workers) w->start();
+  for (auto& l : s.listeners) {
+    l->start([&s] { return s.current(); }, worker_ptrs, s.services);
+  }
+  s.admin->start();
+
+  net::signal_set signals(s.control, SIGINT, SIGTERM, SIGHUP);
+  std::function<void(boost::system::error_code, int)> on_signal =
+      [&](boost::system::error_code ec, int signo) {
+        if (ec) return;
+        if (signo == SIGHUP) {
+          s.reload();
+          signals.async_wait(on_signal);
+          return;
+        }
+        s.begin_shutdown(signo == SIGINT ? "SIGINT" : "SIGTERM");
+      };
+  signals.async_wait(on_signal);
+
+  s.ready = true;
+  for (const auto& l : s.listeners) {
+    spdlog::info("listener '{}' on {} ({} io threads)", l->name(), l->address(), threads);
+  }
+  spdlog::info("admin on {}", config::HostPort{cfg.admin.address.host, s.admin->port()}.to_string());
+  if (on_ready) on_ready();
+
+  s.control.run();
+  for (auto& w : s.workers) w->stop();
+  spdlog::info("stopped");
+  return 0;
+}
+
+void Gateway::request_shutdown() {
+  net::post(impl_->control, [this] { impl_->begin_shutdown("requested"); });
+}
+
+void Gateway::request_reload() {
+  net::post(impl_->control, [this] { impl_->reload(); });
+}
+
+}  // namespace portcullis::app

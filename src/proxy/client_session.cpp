@@ -1,0 +1,496 @@
+#include "portcullis/proxy/client_session.hpp"
+
+#include "http_relay.hpp"
+#include "portcullis/authz/authorizer.hpp"
+#include "portcullis/proxy/request_rules.hpp"
+#include "portcullis/tls/identity_headers.hpp"
+#include "portcullis/tls/peer_identity.hpp"
+#include "portcullis/tls/server_context.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <boost/json.hpp>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <optional>
+
+namespace portcullis::proxy {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = net::ssl;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using ClientStream = beast::ssl_stream<beast::tcp_stream>;
+
+namespace {
+
+constexpr std::size_t relay_chunk_size = 64 * 1024;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+admin::HandshakeResult classify_handshake_failure(const boost::system::error_code& ec, SSL* ssl) {
+  using admin::HandshakeResult;
+  if (ec == beast::error::timeout) return HandshakeResult::timeout;
+  const auto reason = tls::verify_failure_reason(ssl);
+  static const std::pair<std::string_view, HandshakeResult> names[] = {
+      {"no_certificate", HandshakeResult::no_certificate},
+      {"unknown_ca", HandshakeResult::unknown_ca},
+      {"expired", HandshakeResult::expired},
+      {"not_yet_valid", HandshakeResult::not_yet_valid},
+      {"bad_purpose", HandshakeResult::bad_purpose},
+      {"chain_too_long", HandshakeResult::chain_too_long},
+      {"revoked", HandshakeResult::revoked},
+      {"revocation_unknown", HandshakeResult::revocation_unknown},
+      {"bad_certificate", HandshakeResult::bad_certificate},
+  };
+  for (const auto& [name, result] : names) {
+    if (reason == name) return result;
+  }
+  if (ec.category() == net::error::get_ssl_category() &&
+      ERR_GET_REASON(static_cast<unsigned long>(ec.value())) ==
+          SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+    return HandshakeResult::no_certificate;
+  }
+  return HandshakeResult::protocol_error;
+}
+
+// What the access log and metrics need to know about one request.
+struct Exchange {
+  Clock::time_point started = Clock::now();
+  std::string method;
+  std::string path;
+  unsigned status = 0;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::string route_upstream;
+  std::string endpoint;
+  std::string reason;  // why a request was refused or failed, empty when it was forwarded
+};
+
+class Session {
+ public:
+  Session(SessionParams params, ClientStream& stream, std::string client_ip, std::string peer)
+      : p_(std::move(params)),
+        cfg_(*p_.listener->config),
+        stream_(stream),
+        client_ip_(std::move(client_ip)),
+        peer_(std::move(peer)),
+        id_(p_.services->next_connection_id.fetch_add(1, std::memory_order_relaxed)) {}
+
+  net::awaitable<void> run();
+
+ private:
+  net::awaitable<bool> handshake();
+  net::awaitable<bool> serve(http::request_parser<http::buffer_body>& parser, Exchange& ex);
+  net::awaitable<bool> forward(http::request_parser<http::buffer_body>& parser,
+                               const config::Route& route, Exchange& ex);
+  net::awaitable<void> respond(unsigned status, std::string_view content_type, std::string body,
+                               bool keep_alive, Exchange& ex);
+  void log_exchange(const Exchange& ex);
+
+  SessionParams p_;
+  const config::Listener& cfg_;
+  ClientStream& stream_;
+  std::string client_ip_;
+  std::string peer_;
+  std::uint64_t id_;
+  std::string sni_;
+  std::shared_ptr<const tls::PeerIdentity> identity_;
+  tls::HeaderList identity_headers_;
+  beast::flat_buffer buffer_;
+};
+
+net::awaitable<bool> Session::handshake() {
+  auto& metrics = p_.services->metrics;
+  const auto started = Clock::now();
+  beast::get_lowest_layer(stream_).expires_after(cfg_.tls.handshake_timeout);
+  auto [ec] = co_await stream_.async_handshake(ssl::stream_base::server,
+                                               net::as_tuple(net::use_awaitable));
+  SSL* ssl = stream_.native_handle();
+  if (!ec) {
+    identity_ = tls::extract_peer_identity(ssl);
+    if (!identity_) ec = net::error::access_denied;  // unreachable with FAIL_IF_NO_PEER_CERT
+  }
+  if (ec) {
+    const auto result = classify_handshake_failure(ec, ssl);
+    metrics.handshake(result, seconds_since(started));
+    spdlog::info("handshake failed conn={} listener={} peer={} reason={} detail=\"{}\"", id_,
+                 cfg_.name, peer_, admin::to_string(result), ec.message());
+    co_return false;
+  }
+  metrics.handshake(admin::HandshakeResult::ok, seconds_since(started));
+  if (const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) sni_ = name;
+  identity_headers_ = tls::identity_headers(cfg_.identity_headers, *identity_);
+  spdlog::debug("handshake ok conn={} peer={} subject=\"{}\" serial={} resumed={}", id_, peer_,
+                identity_->subject, identity_->serial_hex, SSL_session_reused(ssl) == 1);
+  co_return true;
+}
+
+net::awaitable<void> Session::run() {
+  if (!co_await handshake()) co_return;
+
+  auto& worker = *p_.worker;
+  const auto handle = worker.track(beast::get_lowest_layer(stream_));
+  struct Untrack {
+    Worker& w;
+    Worker::Handle h;
+    ~Untrack() { w.untrack(h); }
+  } untrack{worker, handle};
+
+  bool first = true;
+  for (;;) {
+    // A draining gateway answers the request in progress, then closes; the first request of a
+    // fresh connection is still served so that a handshake never ends in silence.
+    if (!first && p_.services->draining.load(std::memory_order_relaxed)) break;
+    handle->idle = true;
+    beast::get_lowest_layer(stream_).expires_after(first ? cfg_.header_timeout : cfg_.idle_timeout);
+    http::request_parser<http::buffer_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
+    parser.body_limit(boost::none);
+    auto [ec, n] =
+        co_await http::async_read_header(stream_, buffer_, parser, net::as_tuple(net::use_awaitable));
+    handle->idle = false;
+    first = false;
+    if (ec) {
+      // A closed or idle connection is the normal end of keep-alive, not an error.
+      if (ec == http::error::end_of_stream || ec == ssl::error::stream_truncated ||
+          ec == beast::error::timeout || ec == net::error::operation_aborted ||
+          ec == net::error::connection_reset || ec == net::error::eof || buffer_.size() == 0) {
+        if (ec == beast::error::timeout && buffer_.size() > 0) {
+          Exchange ex;
+          ex.reason = "header_timeout";
+          co_await respond(408, "text/plain; charset=utf-8", "request header timeout\n", false, ex);
+        }
+        break;
+      }
+      Exchange ex;
+      ex.reason = ec.message();
+      p_.services->metrics.bad_request();
+      const unsigned status = ec == http::error::header_limit ? 431 : 400;
+      co_await respond(status, "text/plain; charset=utf-8",
+                       status == 431 ? "request header too large\n" : "malformed request\n", false,
+                       ex);
+      break;
+    }
+    Exchange ex;
+    ex.method = std::string(parser.get().method_string());
+    const auto target = parser.get().target();
+    ex.path = std::string(target.substr(0, target.find('?')));
+    const bool keep_alive = co_await serve(parser, ex);
+    log_exchange(ex);
+    if (!keep_alive) break;
+  }
+
+  beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
+  co_await stream_.async_shutdown(net::as_tuple(net::use_awaitable));
+}
+
+// Decides what to do with one request whose header has been read. Returns whether the
+// connection may carry another request.
+net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& parser, Exchange& ex) {
+  auto& req = parser.get();
+  const bool body_pending = !parser.is_done();
+  const bool keep_alive = req.keep_alive() && !body_pending;  // refusals do not read the body
+
+  if (auto rejection = validate_request(req, sni_)) {
+    p_.services->metrics.bad_request();
+    ex.reason = rejection->reason;
+    co_await respond(static_cast<unsigned>(rejection->status), "application/json",
+                     boost::json::serialize(boost::json::object{{"error", "bad_request"},
+                                                                {"reason", rejection->reason}}) +
+                         "\n",
+                     false, ex);
+    co_return false;
+  }
+
+  const auto host = host_of(req[http::field::host]);
+  const auto* route = select_route(cfg_, host.empty() ? sni_ : host, ex.path);
+  if (!route) {
+    ex.reason = "no_route";
+    co_await respond(404, "application/json", R"({"error":"not_found","reason":"no_route"})" "\n",
+                     keep_alive, ex);
+    co_return keep_alive;
+  }
+  ex.route_upstream = route->upstream;
+
+  const auto decision = authz::authorize(*route, *identity_);
+  if (!decision.allowed) {
+    ex.reason = decision.reason;
+    co_await respond(403, "application/json",
+                     boost::json::serialize(boost::json::object{{"error", "forbidden"},
+                                                                {"reason", decision.reason}}) +
+                         "\n",
+                     keep_alive, ex);
+    co_return keep_alive;
+  }
+
+  if (route->max_body_bytes != 0) {
+    const auto length = parser.content_length();
+    if (length && *length > route->max_body_bytes) {
+      ex.reason = "body_too_large";
+      co_await respond(413, "text/plain; charset=utf-8", "request body too large\n", false, ex);
+      co_return false;
+    }
+    parser.body_limit(route->max_body_bytes);
+  }
+  co_return co_await forward(parser, *route, ex);
+}
+
+net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& parser,
+                                      const config::Route& route, Exchange& ex) {
+  auto& metrics = p_.services->metrics;
+  auto& req = parser.get();
+  const auto& upstream = p_.snapshot->config->upstreams.at(route.upstream);
+  const bool has_body = !parser.is_done();
+  const bool client_keep_alive = req.keep_alive();
+  const bool expects_continue = beast::iequals(req[http::field::expect], "100-continue");
+  const bool is_head = req.method() == http::verb::head;
+  const auto client_version = req.version();
+
+  prepare_upstream_request(req, client_ip_, identity_headers_);
+  if (parser.chunked()) req.chunked(true);
+
+  std::vector<char> chunk(relay_chunk_size);
+  std::optional<upstream::Lease> lease;
+  std::optional<http::response_parser<http::buffer_body>> response_parser;
+  const auto fresh_response_parser = [&] {
+    response_parser.emplace();
+    response_parser->body_limit(boost::none);
+    response_parser->header_limit(64 * 1024);
+    if (is_head) response_parser->skip(true);
+  };
+  beast::flat_buffer upstream_buffer;
+  bool request_sent = false;
+
+  // A pooled connection can be closed by the upstream just as it is reused; a request without a
+  // body is then safely sent again once, on a fresh connection.
+  for (int attempt = 0; attempt < 2 && !request_sent; ++attempt) {
+    try {
+      lease.emplace(co_await p_.worker->pool().acquire(upstream));
+    } catch (const boost::system::system_error& e) {
+      const bool timeout = e.code() == beast::error::timeout;
+      metrics.upstream_error(timeout ? admin::UpstreamError::timeout
+                                     : admin::UpstreamError::connect_failed);
+      ex.reason = timeout ? "upstream_connect_timeout" : "upstream_connect_failed";
+      spdlog::warn("upstream connect failed conn={} upstream={} error=\"{}\"", id_, upstream.name,
+                   e.code().message());
+      co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream unavailable\n",
+                       client_keep_alive && !has_body, ex);
+      co_return client_keep_alive && !has_body;
+    }
+    ex.endpoint = lease->endpoint;
+
+    if (expects_continue && has_body && attempt == 0) {
+      http::response<http::empty_body> interim{http::status::continue_, 11};
+      beast::get_lowest_layer(stream_).expires_after(cfg_.idle_timeout);
+      auto [ec, n] = co_await http::async_write(stream_, interim, net::as_tuple(net::use_awaitable));
+      if (ec) co_return false;
+    }
+
+    auto sent = co_await relay_message(stream_, buffer_, parser, lease->stream, true,
+                                       cfg_.idle_timeout, upstream.response_timeout, chunk);
+    ex.bytes_in = sent.body_bytes;
+    if (sent.read_error) {
+      // The client sent a broken body or went away: nothing sensible can follow on this
+      // connection, and the upstream connection holds half a request.
+      ex.reason = "client_body_error";
+      if (sent.read_error != http::error::end_of_stream &&
+          sent.read_error != ssl::error::stream_truncated &&
+          sent.read_error != beast::error::timeout) {
+        metrics.bad_request();
+        co_await respond(
+            sent.read_error == http::error::body_limit ? 413 : 400, "text/plain; charset=utf-8",
+            sent.read_error == http::error::body_limit ? "request body too large\n"
+                                                       : "malformed request body\n",
+            false, ex);
+      }
+      co_return false;
+    }
+    if (sent.write_error) {
+      if (lease->reused && !has_body) continue;
+      metrics.upstream_error(sent.write_error == beast::error::timeout
+                                 ? admin::UpstreamError::timeout
+                                 : admin::UpstreamError::reset);
+      ex.reason = "upstream_write_failed";
+      co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream failed\n", false,
+                       ex);
+      co_return false;
+    }
+
+    // Interim 1xx answers (other than 101) are consumed here; the client has had its own
+    // 100 Continue already.
+    fresh_response_parser();
+    for (;;) {
+      lease->stream.expires_after(upstream.response_timeout);
+      auto [ec, n] = co_await http::async_read_header(lease->stream, upstream_buffer,
+                                                      *response_parser,
+                                                      net::as_tuple(net::use_awaitable));
+      if (ec) {
+        if (lease->reused && !has_body && ec != beast::error::timeout && upstream_buffer.size() == 0) {
+          lease.reset();
+          break;  // retry on a fresh connection
+        }
+        const bool timeout = ec == beast::error::timeout;
+        metrics.upstream_error(timeout ? admin::UpstreamError::timeout
+                                       : admin::UpstreamError::bad_response);
+        ex.reason = timeout ? "upstream_timeout" : "upstream_bad_response";
+        spdlog::warn("upstream response failed conn={} upstream={} endpoint={} error=\"{}\"", id_,
+                     upstream.name, ex.endpoint, ec.message());
+        if (timeout) {
+          co_await respond(504, "text/plain; charset=utf-8",
+                           "504 Gateway Timeout: upstream did not answer in time\n", false, ex);
+        } else {
+          co_await respond(502, "text/plain; charset=utf-8",
+                           "502 Bad Gateway: invalid upstream response\n", false, ex);
+        }
+        co_return false;
+      }
+      const auto status = response_parser->get().result_int();
+      if (status >= 100 && status < 200 && status != 101) {
+        fresh_response_parser();
+        continue;
+      }
+      request_sent = true;
+      break;
+    }
+  }
+  if (!request_sent || !lease) {
+    metrics.upstream_error(admin::UpstreamError::reset);
+    ex.reason = "upstream_closed";
+    co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream failed\n", false,
+                     ex);
+    co_return false;
+  }
+
+  auto& res = response_parser->get();
+  const auto status = res.result_int();
+  const bool upstream_keep_alive = res.keep_alive();
+  const bool bodyless = is_head || status == 204 || status == 304 || status == 101;
+  bool keep_alive = client_keep_alive && !p_.services->draining.load(std::memory_order_relaxed);
+  prepare_client_response(res);
+  if (!bodyless) {
+    if (response_parser->chunked()) {
+      res.chunked(true);
+    } else if (!response_parser->content_length()) {
+      // A body delimited by the upstream closing: re-frame it as chunked for HTTP/1.1 clients,
+      // and close after it for HTTP/1.0 ones.
+      if (client_version >= 11) {
+        res.chunked(true);
+      } else {
+        keep_alive = false;
+      }
+    }
+  }
+  res.version(client_version >= 11 ? 11 : 10);
+  res.keep_alive(keep_alive);
+  ex.status = status;
+
+  auto received = co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_,
+                                         !bodyless, upstream.response_timeout, cfg_.idle_timeout,
+                                         chunk);
+  ex.bytes_out = received.body_bytes;
+  if (received.read_error) {
+    // The response is already under way: the only honest signal left is to cut the connection.
+    metrics.upstream_error(received.read_error == beast::error::timeout
+                               ? admin::UpstreamError::timeout
+                               : admin::UpstreamError::reset);
+    ex.reason = "upstream_body_error";
+    co_return false;
+  }
+  if (received.write_error) {
+    ex.reason = "client_gone";
+    co_return false;
+  }
+  if (upstream_keep_alive && response_parser->is_done()) {
+    p_.worker->pool().release(upstream, std::move(*lease));
+  }
+  co_return keep_alive;
+}
+
+net::awaitable<void> Session::respond(unsigned status, std::string_view content_type,
+                                      std::string body, bool keep_alive, Exchange& ex) {
+  http::response<http::string_body> res{static_cast<http::status>(status), 11};
+  res.set(http::field::server, "portcullis");
+  res.set(http::field::content_type, content_type);
+  res.body() = std::move(body);
+  res.keep_alive(keep_alive);
+  res.prepare_payload();
+  ex.status = status;
+  ex.bytes_out = res.body().size();
+  beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(10));
+  co_await http::async_write(stream_, res, net::as_tuple(net::use_awaitable));
+}
+
+void Session::log_exchange(const Exchange& ex) {
+  const double seconds = seconds_since(ex.started);
+  p_.services->metrics.request(static_cast<int>(ex.status), seconds);
+  if (!p_.services->access_log) return;
+  const auto now = std::chrono::system_clock::now();
+  boost::json::object line{
+      {"time", fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
+                           std::chrono::floor<std::chrono::seconds>(now))},
+      {"conn", id_},
+      {"listener", cfg_.name},
+      {"peer", peer_},
+      {"subject", identity_ ? identity_->subject : ""},
+      {"serial", identity_ ? identity_->serial_hex : ""},
+      {"fingerprint", identity_ ? identity_->fingerprint_sha256 : ""},
+      {"method", ex.method},
+      {"path", ex.path},
+      {"status", ex.status},
+      {"bytes_in", ex.bytes_in},
+      {"bytes", ex.bytes_out},
+      {"upstream", ex.route_upstream},
+      {"endpoint", ex.endpoint},
+      {"duration_ms", std::round(seconds * 1e6) / 1e3},
+  };
+  if (!ex.reason.empty()) line["reason"] = ex.reason;
+  p_.services->access_log->info(boost::json::serialize(line));
+}
+
+}  // namespace
+
+net::awaitable<void> run_client_session(tcp::socket socket, SessionParams params) {
+  auto& services = *params.services;
+  struct Count {
+    Services& s;
+    std::shared_ptr<std::atomic<int>> listener;
+    ~Count() {
+      s.metrics.connection_closed();
+      if (listener) listener->fetch_sub(1, std::memory_order_relaxed);
+    }
+  } count{services, params.listener_connections};
+
+  boost::system::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (ec) co_return;
+  auto client_ip = remote.address().to_string();
+  auto peer = (remote.address().is_v6() ? "[" + client_ip + "]" : client_ip) + ":" +
+              std::to_string(remote.port());
+  socket.set_option(tcp::no_delay(true), ec);
+
+  ClientStream stream(beast::tcp_stream(std::move(socket)), *params.listener->ssl);
+  try {
+    Session session(std::move(params), stream, std::move(client_ip), std::move(peer));
+    co_await session.run();
+  } catch (const std::exception& e) {
+    spdlog::error("session ended by unexpected error: {}", e.what());
+  }
+}
+
+}  // namespace portcullis::proxy

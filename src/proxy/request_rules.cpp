@@ -1,0 +1,170 @@
+#include "portcullis/proxy/request_rules.hpp"
+
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <vector>
+
+namespace portcullis::proxy {
+
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool is_hop_by_hop(http::field f) {
+  switch (f) {
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::proxy_connection:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::transfer_encoding:
+    case http::field::upgrade:
+    case http::field::proxy_authenticate:
+    case http::field::proxy_authorization:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Collects the field names listed in every Connection header, lower-cased.
+std::vector<std::string> connection_tokens(const http::fields& fields) {
+  std::vector<std::string> names;
+  auto range = fields.equal_range(http::field::connection);
+  for (auto it = range.first; it != range.second; ++it) {
+    for (auto token : http::token_list{it->value()}) names.push_back(lower(token));
+  }
+  return names;
+}
+
+template <bool isRequest>
+void remove_hop_by_hop(http::header<isRequest>& h, bool also_identity) {
+  const auto named = connection_tokens(h);
+  for (auto it = h.begin(); it != h.end();) {
+    const auto name = it->name_string();
+    bool drop = is_hop_by_hop(it->name()) ||
+                std::any_of(named.begin(), named.end(),
+                            [&](const std::string& n) { return boost::beast::iequals(n, name); });
+    if constexpr (isRequest) {
+      drop = drop || it->name() == http::field::expect ||
+             (also_identity && tls::is_identity_header(name));
+    }
+    it = drop ? h.erase(it) : std::next(it);
+  }
+}
+
+bool host_matches(std::string_view pattern, std::string_view host) {
+  if (pattern == "*") return true;
+  if (pattern.size() > 2 && pattern.substr(0, 2) == "*.") {
+    const auto suffix = pattern.substr(1);  // ".example.org"
+    return host.size() > suffix.size() &&
+           boost::beast::iequals(host.substr(host.size() - suffix.size()), suffix);
+  }
+  return boost::beast::iequals(pattern, host);
+}
+
+int host_specificity(std::string_view pattern) {
+  if (pattern == "*") return 0;
+  if (pattern.substr(0, 2) == "*.") return 1 + static_cast<int>(pattern.size());
+  return 100000;
+}
+
+}  // namespace
+
+std::string host_of(std::string_view value) {
+  value = trim(value);
+  if (!value.empty() && value.front() == '[') {
+    const auto close = value.find(']');
+    return lower(value.substr(1, close == std::string_view::npos ? value.npos : close - 1));
+  }
+  const auto colon = value.rfind(':');
+  if (colon != std::string_view::npos && value.find(':') == colon) value = value.substr(0, colon);
+  return lower(value);
+}
+
+std::optional<Rejection> validate_request(const http::request_header<>& req, std::string_view sni) {
+  const auto count = [&](http::field f) { return req.count(f); };
+  const auto hosts = count(http::field::host);
+  if (hosts > 1) return Rejection{http::status::bad_request, "multiple_host"};
+  if (hosts == 0 && req.version() >= 11) return Rejection{http::status::bad_request, "missing_host"};
+
+  const auto lengths = count(http::field::content_length);
+  const auto encodings = count(http::field::transfer_encoding);
+  if (lengths > 1) return Rejection{http::status::bad_request, "multiple_content_length"};
+  if (lengths && encodings) {
+    return Rejection{http::status::bad_request, "content_length_with_transfer_encoding"};
+  }
+  if (encodings) {
+    if (req.version() < 11) return Rejection{http::status::bad_request, "transfer_encoding_on_http10"};
+    if (encodings > 1 || !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")) {
+      return Rejection{http::status::bad_request, "unsupported_transfer_encoding"};
+    }
+  }
+  if (lengths) {
+    const auto v = req[http::field::content_length];
+    if (v.empty() || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return Rejection{http::status::bad_request, "bad_content_length"};
+    }
+  }
+  for (const auto& f : req) {
+    if (f.name_string().empty()) return Rejection{http::status::bad_request, "empty_header_name"};
+    const auto v = f.value();
+    if (std::any_of(v.begin(), v.end(), [](char c) { return c == '\0' || c == '\r' || c == '\n'; })) {
+      return Rejection{http::status::bad_request, "bad_header_value"};
+    }
+  }
+  if (!sni.empty() && hosts == 1 && host_of(req[http::field::host]) != lower(sni)) {
+    return Rejection{http::status::misdirected_request, "sni_host_mismatch"};
+  }
+  return std::nullopt;
+}
+
+const config::Route* select_route(const config::Listener& listener, std::string_view host,
+                                  std::string_view path) {
+  const config::Route* best = nullptr;
+  int best_host = -1;
+  std::size_t best_prefix = 0;
+  for (const auto& route : listener.routes) {
+    if (!host_matches(route.match.host, host)) continue;
+    if (path.substr(0, route.match.path_prefix.size()) != route.match.path_prefix) continue;
+    const int h = host_specificity(route.match.host);
+    const auto p = route.match.path_prefix.size();
+    if (h > best_host || (h == best_host && p > best_prefix)) {
+      best = &route;
+      best_host = h;
+      best_prefix = p;
+    }
+  }
+  return best;
+}
+
+void prepare_upstream_request(http::request_header<>& req, std::string_view client_ip,
+                              const tls::HeaderList& identity) {
+  remove_hop_by_hop(req, true);
+  req.version(11);
+  // The client's own X-Forwarded-For is kept and extended, as a chain of hops.
+  const auto prior = req[http::field::x_forwarded_for];
+  const std::string forwarded =
+      prior.empty() ? std::string(client_ip) : std::string(prior) + ", " + std::string(client_ip);
+  req.set(http::field::x_forwarded_for, forwarded);
+  req.set("X-Forwarded-Proto", "https");
+  for (const auto& [name, value] : identity) req.insert(name, value);
+}
+
+void prepare_client_response(http::response_header<>& res) { remove_hop_by_hop(res, false); }
+
+}  // namespace portcullis::proxy

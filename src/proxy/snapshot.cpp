@@ -1,0 +1,54 @@
+#include "portcullis/proxy/snapshot.hpp"
+
+#include "portcullis/revocation/checker_factory.hpp"
+#include "portcullis/tls/server_context.hpp"
+
+#include <openssl/evp.h>
+
+#include <fmt/format.h>
+
+namespace portcullis::proxy {
+
+namespace {
+
+// Sessions may only resume under the trust and policy they were established with: the session
+// id context changes whenever the truststore, the chain rules or the revocation policy change.
+std::string session_context(const config::Listener& listener, const tls::Truststore& trust,
+                            const config::Revocation& revocation) {
+  return fmt::format("{}|{}|{}|{}|{}", listener.name, trust.digest(),
+                     listener.client_auth.max_chain_depth, config::to_string(revocation.mode),
+                     revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
+}
+
+}  // namespace
+
+std::shared_ptr<const Snapshot> build_snapshot(config::LoadResult loaded) {
+  auto snapshot = std::make_shared<Snapshot>();
+  auto config = std::make_shared<const config::Config>(std::move(loaded.config));
+  snapshot->config = config;
+  snapshot->warnings = std::move(loaded.warnings);
+  snapshot->revocation = revocation::make_checker(config->revocation);
+
+  for (std::size_t i = 0; i < config->listeners.size(); ++i) {
+    const auto& listener = config->listeners[i];
+    auto context = std::make_unique<ListenerContext>();
+    context->config = &listener;
+    try {
+      context->truststore = tls::Truststore::load(listener.client_auth.truststore);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(
+          fmt::format("listeners[{}].client_auth.truststore: {}", i, e.what()));
+    }
+    tls::ServerContextOptions options;
+    options.listener = &listener;
+    options.truststore = context->truststore;
+    options.revocation = snapshot->revocation;
+    options.session_id_context = session_context(listener, *context->truststore, config->revocation);
+    auto native = tls::build_server_context(options);
+    context->ssl = std::make_unique<boost::asio::ssl::context>(native.release());
+    snapshot->listeners.push_back(std::move(context));
+  }
+  return snapshot;
+}
+
+}  // namespace portcullis::proxy

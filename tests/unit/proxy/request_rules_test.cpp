@@ -1,0 +1,152 @@
+#include "portcullis/proxy/request_rules.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+
+namespace http = boost::beast::http;
+using portcullis::proxy::host_of;
+using portcullis::proxy::prepare_client_response;
+using portcullis::proxy::prepare_upstream_request;
+using portcullis::proxy::select_route;
+using portcullis::proxy::validate_request;
+
+namespace {
+
+http::request_header<> request(std::initializer_list<std::pair<const char*, const char*>> fields,
+                               unsigned version = 11) {
+  http::request_header<> req;
+  req.method(http::verb::post);
+  req.target("/x");
+  req.version(version);
+  for (const auto& [name, value] : fields) req.insert(name, value);
+  return req;
+}
+
+std::string reason_of(const http::request_header<>& req, std::string_view sni = "") {
+  const auto rejection = validate_request(req, sni);
+  return rejection ? rejection->reason : "ok";
+}
+
+int count_named(const http::request_header<>& req, std::string_view name) {
+  return static_cast<int>(std::count_if(req.begin(), req.end(), [&](const auto& f) {
+    return boost::beast::iequals(f.name_string(), name);
+  }));
+}
+
+}  // namespace
+
+TEST_CASE("framing ambiguities are refused before forwarding", "[proxy][rules]") {
+  CHECK(reason_of(request({{"Host", "a"}})) == "ok");
+  CHECK(reason_of(request({{"Host", "a"}, {"Content-Length", "5"}})) == "ok");
+  CHECK(reason_of(request({{"Host", "a"}, {"Transfer-Encoding", "chunked"}})) == "ok");
+  CHECK(reason_of(request({})) == "missing_host");
+  CHECK(reason_of(request({}, 10)) == "ok");
+  CHECK(reason_of(request({{"Host", "a"}, {"Host", "b"}})) == "multiple_host");
+  CHECK(reason_of(request({{"Host", "a"}, {"Content-Length", "5"}, {"Content-Length", "5"}})) ==
+        "multiple_content_length");
+  CHECK(reason_of(request({{"Host", "a"}, {"Content-Length", "5"},
+                           {"Transfer-Encoding", "chunked"}})) ==
+        "content_length_with_transfer_encoding");
+  CHECK(reason_of(request({{"Host", "a"}, {"Transfer-Encoding", "chunked"}}, 10)) ==
+        "transfer_encoding_on_http10");
+  for (const char* te : {"chunked, identity", "identity", "xchunked", "gzip, chunked"}) {
+    CAPTURE(te);
+    CHECK(reason_of(request({{"Host", "a"}, {"Transfer-Encoding", te}})) ==
+          "unsupported_transfer_encoding");
+  }
+  CHECK(reason_of(request({{"Host", "a"}, {"Content-Length", "5, 5"}})) == "bad_content_length");
+  CHECK(reason_of(request({{"Host", "a"}, {"Content-Length", "-1"}})) == "bad_content_length");
+}
+
+TEST_CASE("Host must agree with SNI when SNI was sent", "[proxy][rules]") {
+  CHECK(reason_of(request({{"Host", "api.example.org:8443"}}), "api.example.org") == "ok");
+  CHECK(reason_of(request({{"Host", "API.Example.org"}}), "api.example.org") == "ok");
+  CHECK(reason_of(request({{"Host", "other.example.org"}}), "api.example.org") ==
+        "sni_host_mismatch");
+  CHECK(validate_request(request({{"Host", "other"}}), "api")->status ==
+        http::status::misdirected_request);
+  CHECK(reason_of(request({{"Host", "anything"}}), "") == "ok");
+}
+
+TEST_CASE("host_of strips ports and brackets", "[proxy][rules]") {
+  CHECK(host_of("Example.org:443") == "example.org");
+  CHECK(host_of("example.org") == "example.org");
+  CHECK(host_of("[::1]:8443") == "::1");
+  CHECK(host_of("127.0.0.1:80") == "127.0.0.1");
+}
+
+TEST_CASE("the most specific route wins", "[proxy][rules]") {
+  portcullis::config::Listener listener;
+  auto add = [&](const char* host, const char* prefix, const char* upstream) {
+    portcullis::config::Route r;
+    r.match.host = host;
+    r.match.path_prefix = prefix;
+    r.upstream = upstream;
+    listener.routes.push_back(r);
+  };
+  add("*", "/", "default");
+  add("*", "/api/", "api");
+  add("*.example.org", "/", "wildcard");
+  add("exact.example.org", "/", "exact");
+  CHECK(select_route(listener, "x.test", "/")->upstream == "default");
+  CHECK(select_route(listener, "x.test", "/api/v1")->upstream == "api");
+  CHECK(select_route(listener, "a.example.org", "/api/v1")->upstream == "wildcard");
+  CHECK(select_route(listener, "exact.example.org", "/")->upstream == "exact");
+  CHECK(select_route(listener, "example.org", "/")->upstream == "default");
+
+  portcullis::config::Listener narrow;
+  portcullis::config::Route only;
+  only.match.host = "a.test";
+  only.match.path_prefix = "/a";
+  narrow.routes.push_back(only);
+  CHECK(select_route(narrow, "b.test", "/a") == nullptr);
+  CHECK(select_route(narrow, "a.test", "/b") == nullptr);
+}
+
+TEST_CASE("hop-by-hop and forged identity headers never reach the upstream", "[proxy][rules]") {
+  auto req = request({{"Host", "a"},
+                      {"Connection", "keep-alive, X-Client-Cert-Subject, X-Secret"},
+                      {"Keep-Alive", "timeout=5"},
+                      {"TE", "trailers"},
+                      {"Upgrade", "h2c"},
+                      {"Proxy-Connection", "keep-alive"},
+                      {"Expect", "100-continue"},
+                      {"X-Secret", "drop me"},
+                      {"X-Client-Cert-Subject", "CN=forged"},
+                      {"x_client_cert_subject", "CN=forged"},
+                      {"X-CLIENT-CERT-SERIAL", "00"},
+                      {"Client-Cert", ":Zm9v:"},
+                      {"X-Forwarded-For", "10.9.9.9"},
+                      {"X-Forwarded-Proto", "http"},
+                      {"X-Keep", "yes"}});
+  const portcullis::tls::HeaderList identity = {{"X-Client-Cert-Subject", "CN=real"}};
+  prepare_upstream_request(req, "127.0.0.1", identity);
+
+  for (const char* gone : {"Connection", "Keep-Alive", "TE", "Upgrade", "Proxy-Connection",
+                           "Expect", "X-Secret", "x_client_cert_subject", "X-Client-Cert-Serial",
+                           "Client-Cert"}) {
+    CAPTURE(gone);
+    CHECK(count_named(req, gone) == 0);
+  }
+  CHECK(count_named(req, "X-Client-Cert-Subject") == 1);
+  CHECK(req["X-Client-Cert-Subject"] == "CN=real");
+  CHECK(req[http::field::x_forwarded_for] == "10.9.9.9, 127.0.0.1");
+  CHECK(req["X-Forwarded-Proto"] == "https");
+  CHECK(req["X-Keep"] == "yes");
+  CHECK(req.version() == 11);
+}
+
+TEST_CASE("responses lose their hop-by-hop headers", "[proxy][rules]") {
+  http::response_header<> res;
+  res.result(http::status::ok);
+  res.insert("Connection", "close, X-Internal");
+  res.insert("X-Internal", "1");
+  res.insert("Keep-Alive", "timeout=5");
+  res.insert("Content-Type", "text/plain");
+  prepare_client_response(res);
+  CHECK(res.count(http::field::connection) == 0);
+  CHECK(res.count("X-Internal") == 0);
+  CHECK(res.count(http::field::keep_alive) == 0);
+  CHECK(res[http::field::content_type] == "text/plain");
+}
