@@ -28,7 +28,8 @@ void Histogram::render(std::string& out, std::string_view name, std::string_view
   std::uint64_t cumulative = 0;
   for (std::size_t i = 0; i < bounds_.size(); ++i) {
     cumulative += buckets_[i].load(relaxed);
-    out += fmt::format("{}_bucket{{{}{}le=\"{}\"}} {}\n", name, labels, sep, bounds_[i], cumulative);
+    out +=
+        fmt::format("{}_bucket{{{}{}le=\"{}\"}} {}\n", name, labels, sep, bounds_[i], cumulative);
   }
   cumulative += buckets_[bounds_.size()].load(relaxed);
   out += fmt::format("{}_bucket{{{}{}le=\"+Inf\"}} {}\n", name, labels, sep, cumulative);
@@ -39,30 +40,48 @@ void Histogram::render(std::string& out, std::string_view name, std::string_view
 
 std::string_view to_string(HandshakeResult result) {
   switch (result) {
-    case HandshakeResult::ok: return "ok";
-    case HandshakeResult::no_certificate: return "no_certificate";
-    case HandshakeResult::unknown_ca: return "unknown_ca";
-    case HandshakeResult::expired: return "expired";
-    case HandshakeResult::not_yet_valid: return "not_yet_valid";
-    case HandshakeResult::bad_purpose: return "bad_purpose";
-    case HandshakeResult::chain_too_long: return "chain_too_long";
-    case HandshakeResult::revoked: return "revoked";
-    case HandshakeResult::revocation_unknown: return "revocation_unknown";
-    case HandshakeResult::bad_certificate: return "bad_certificate";
-    case HandshakeResult::timeout: return "timeout";
-    case HandshakeResult::protocol_error: return "protocol_error";
-    case HandshakeResult::count_: break;
+    case HandshakeResult::ok:
+      return "ok";
+    case HandshakeResult::no_certificate:
+      return "no_certificate";
+    case HandshakeResult::unknown_ca:
+      return "unknown_ca";
+    case HandshakeResult::expired:
+      return "expired";
+    case HandshakeResult::not_yet_valid:
+      return "not_yet_valid";
+    case HandshakeResult::bad_purpose:
+      return "bad_purpose";
+    case HandshakeResult::chain_too_long:
+      return "chain_too_long";
+    case HandshakeResult::revoked:
+      return "revoked";
+    case HandshakeResult::revocation_unknown:
+      return "revocation_unknown";
+    case HandshakeResult::bad_certificate:
+      return "bad_certificate";
+    case HandshakeResult::timeout:
+      return "timeout";
+    case HandshakeResult::protocol_error:
+      return "protocol_error";
+    case HandshakeResult::count_:
+      break;
   }
   return "unknown";
 }
 
 std::string_view to_string(UpstreamError error) {
   switch (error) {
-    case UpstreamError::connect_failed: return "connect_failed";
-    case UpstreamError::timeout: return "timeout";
-    case UpstreamError::reset: return "reset";
-    case UpstreamError::bad_response: return "bad_response";
-    case UpstreamError::count_: break;
+    case UpstreamError::connect_failed:
+      return "connect_failed";
+    case UpstreamError::timeout:
+      return "timeout";
+    case UpstreamError::reset:
+      return "reset";
+    case UpstreamError::bad_response:
+      return "bad_response";
+    case UpstreamError::count_:
+      break;
   }
   return "unknown";
 }
@@ -75,8 +94,12 @@ void Metrics::connection_accepted() noexcept {
   accepted_.fetch_add(1, relaxed);
   active_.fetch_add(1, relaxed);
 }
-void Metrics::connection_closed() noexcept { active_.fetch_sub(1, relaxed); }
-void Metrics::connection_rejected() noexcept { rejected_.fetch_add(1, relaxed); }
+void Metrics::connection_closed() noexcept {
+  active_.fetch_sub(1, relaxed);
+}
+void Metrics::connection_rejected() noexcept {
+  rejected_.fetch_add(1, relaxed);
+}
 
 void Metrics::handshake(HandshakeResult result, double seconds) noexcept {
   handshakes_[static_cast<int>(result)].fetch_add(1, relaxed);
@@ -89,11 +112,15 @@ void Metrics::request(int status, double seconds) noexcept {
   request_seconds_.observe(seconds);
 }
 
-void Metrics::bad_request() noexcept { bad_requests_.fetch_add(1, relaxed); }
+void Metrics::bad_request() noexcept {
+  bad_requests_.fetch_add(1, relaxed);
+}
 void Metrics::upstream_error(UpstreamError error) noexcept {
   upstream_errors_[static_cast<int>(error)].fetch_add(1, relaxed);
 }
-void Metrics::config_reload(bool ok) noexcept { (ok ? reloads_ok_ : reloads_failed_).fetch_add(1, relaxed); }
+void Metrics::config_reload(bool ok) noexcept {
+  (ok ? reloads_ok_ : reloads_failed_).fetch_add(1, relaxed);
+}
 
 std::uint64_t Metrics::active_connections() const noexcept {
   const auto n = active_.load(relaxed);
@@ -105,8 +132,9 @@ std::string Metrics::render() const {
   out.reserve(8192);
   render_counter_header(out, "portcullis_connections_accepted_total", "TCP connections accepted.");
   out += fmt::format("portcullis_connections_accepted_total {}\n", accepted_.load(relaxed));
-  out += "# HELP portcullis_connections_active Connections currently open.\n"
-         "# TYPE portcullis_connections_active gauge\n";
+  out +=
+      "# HELP portcullis_connections_active Connections currently open.\n"
+      "# TYPE portcullis_connections_active gauge\n";
   out += fmt::format("portcullis_connections_active {}\n", active_connections());
   render_counter_header(out, "portcullis_connections_rejected_total",
                         "Connections closed at once because the listener was at its limit.");
@@ -117,8 +145,9 @@ std::string Metrics::render() const {
     out += fmt::format("portcullis_handshakes_total{{result=\"{}\"}} {}\n",
                        to_string(static_cast<HandshakeResult>(i)), handshakes_[i].load(relaxed));
   }
-  out += "# HELP portcullis_handshake_duration_seconds Successful handshake durations.\n"
-         "# TYPE portcullis_handshake_duration_seconds histogram\n";
+  out +=
+      "# HELP portcullis_handshake_duration_seconds Successful handshake durations.\n"
+      "# TYPE portcullis_handshake_duration_seconds histogram\n";
   handshake_seconds_.render(out, "portcullis_handshake_duration_seconds", "");
 
   render_counter_header(out, "portcullis_requests_total", "Requests answered, by status class.");
@@ -126,8 +155,9 @@ std::string Metrics::render() const {
     out += fmt::format("portcullis_requests_total{{code=\"{}xx\"}} {}\n", cls,
                        requests_by_class_[cls].load(relaxed));
   }
-  out += "# HELP portcullis_request_duration_seconds Request durations, first byte in to last out.\n"
-         "# TYPE portcullis_request_duration_seconds histogram\n";
+  out +=
+      "# HELP portcullis_request_duration_seconds Request durations, first byte in to last out.\n"
+      "# TYPE portcullis_request_duration_seconds histogram\n";
   request_seconds_.render(out, "portcullis_request_duration_seconds", "");
   render_counter_header(out, "portcullis_bad_requests_total",
                         "Malformed requests refused without forwarding.");
@@ -139,7 +169,8 @@ std::string Metrics::render() const {
                        to_string(static_cast<UpstreamError>(i)), upstream_errors_[i].load(relaxed));
   }
   render_counter_header(out, "portcullis_config_reloads_total", "Configuration reloads by result.");
-  out += fmt::format("portcullis_config_reloads_total{{result=\"ok\"}} {}\n", reloads_ok_.load(relaxed));
+  out += fmt::format("portcullis_config_reloads_total{{result=\"ok\"}} {}\n",
+                     reloads_ok_.load(relaxed));
   out += fmt::format("portcullis_config_reloads_total{{result=\"failed\"}} {}\n",
                      reloads_failed_.load(relaxed));
   return out;

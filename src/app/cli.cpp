@@ -6,8 +6,8 @@
 #include "portcullis/echo/echo_server.hpp"
 #include "portcullis/proxy/snapshot.hpp"
 
-#include <boost/program_options.hpp>
 #include <openssl/opensslv.h>
+#include <boost/program_options.hpp>
 
 #include <iostream>
 

@@ -4,8 +4,8 @@
 #include "portcullis/echo/echo_server.hpp"
 #include "portcullis/tls/pki_builder.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <fmt/format.h>
+#include <boost/asio/io_context.hpp>
 
 #include <fstream>
 #include <iostream>
@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string demo_config(const DemoOptions& o) {
-  return fmt::format(R"(# Written by `portcullis demo`. Every key is described in config/portcullis.example.yaml.
+  return fmt::format(
+      R"(# Written by `portcullis demo`. Every key is described in config/portcullis.example.yaml.
 listeners:
   - name: demo
     address: 127.0.0.1:{}
@@ -42,7 +43,7 @@ logging:
   level: info
   access_log: stdout
 )",
-                     o.port, o.upstream_port, o.admin_port);
+      o.port, o.upstream_port, o.admin_port);
 }
 
 void print_instructions(const DemoOptions& o, const fs::path& dir) {

@@ -7,6 +7,8 @@
 #include "portcullis/proxy/worker.hpp"
 #include "portcullis/util/logging.hpp"
 
+#include <openssl/opensslv.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -14,8 +16,6 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/json.hpp>
-#include <openssl/opensslv.h>
-#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <chrono>
@@ -62,9 +62,9 @@ std::string Gateway::Impl::status_json() const {
   status["openssl"] = OPENSSL_VERSION_TEXT;
   status["config"] = snap->config->source.string();
   status["ready"] = ready.load();
-  status["uptime_seconds"] = std::chrono::duration_cast<std::chrono::seconds>(
-                                 std::chrono::system_clock::now() - started)
-                                 .count();
+  status["uptime_seconds"] =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - started)
+          .count();
   status["active_connections"] = services.metrics.active_connections();
   json::array listeners_json;
   for (std::size_t i = 0; i < listeners.size(); ++i) {
@@ -110,7 +110,8 @@ std::string Gateway::Impl::status_json() const {
   status["upstreams"] = std::move(upstreams);
   status["revocation"] = json::object{
       {"mode", config::to_string(snap->config->revocation.mode)},
-      {"on_unknown", snap->config->revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow"}};
+      {"on_unknown",
+       snap->config->revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow"}};
   json::array config_warnings;
   for (const auto& w : snap->warnings) config_warnings.emplace_back(w.to_string());
   status["config_warnings"] = std::move(config_warnings);
@@ -130,7 +131,8 @@ admin::Response Gateway::Impl::reload() {
       throw std::runtime_error("the set of listeners changed; restart to apply it");
     }
     for (std::size_t i = 0; i < next.size(); ++i) {
-      if (next[i].name != prev[i].name || next[i].address.to_string() != prev[i].address.to_string()) {
+      if (next[i].name != prev[i].name ||
+          next[i].address.to_string() != prev[i].address.to_string()) {
         throw std::runtime_error("listener '" + next[i].name +
                                  "' changed name or address; restart to apply it");
       }
@@ -226,23 +228,24 @@ int Gateway::run(std::function<void()> on_ready) {
   s.admin->start();
 
   net::signal_set signals(s.control, SIGINT, SIGTERM, SIGHUP);
-  std::function<void(boost::system::error_code, int)> on_signal =
-      [&](boost::system::error_code ec, int signo) {
-        if (ec) return;
-        if (signo == SIGHUP) {
-          s.reload();
-          signals.async_wait(on_signal);
-          return;
-        }
-        s.begin_shutdown(signo == SIGINT ? "SIGINT" : "SIGTERM");
-      };
+  std::function<void(boost::system::error_code, int)> on_signal = [&](boost::system::error_code ec,
+                                                                      int signo) {
+    if (ec) return;
+    if (signo == SIGHUP) {
+      s.reload();
+      signals.async_wait(on_signal);
+      return;
+    }
+    s.begin_shutdown(signo == SIGINT ? "SIGINT" : "SIGTERM");
+  };
   signals.async_wait(on_signal);
 
   s.ready = true;
   for (const auto& l : s.listeners) {
     spdlog::info("listener '{}' on {} ({} io threads)", l->name(), l->address(), threads);
   }
-  spdlog::info("admin on {}", config::HostPort{cfg.admin.address.host, s.admin->port()}.to_string());
+  spdlog::info("admin on {}",
+               config::HostPort{cfg.admin.address.host, s.admin->port()}.to_string());
   if (on_ready) on_ready();
 
   s.control.run();

@@ -7,6 +7,10 @@
 #include "portcullis/tls/peer_identity.hpp"
 #include "portcullis/tls/server_context.hpp"
 
+#include <fmt/chrono.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -18,9 +22,6 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/json.hpp>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <optional>
@@ -67,6 +68,15 @@ admin::HandshakeResult classify_handshake_failure(const boost::system::error_cod
     return HandshakeResult::no_certificate;
   }
   return HandshakeResult::protocol_error;
+}
+
+// A refusal body: a reason code the client can act on, never certificate internals. Built
+// outside co_await expressions (GCC 12 mishandles initializer lists held across a suspension).
+std::string json_error(std::string_view error, std::string_view reason) {
+  boost::json::object body;
+  body["error"] = error;
+  body["reason"] = reason;
+  return boost::json::serialize(body) + "\n";
 }
 
 // What the access log and metrics need to know about one request.
@@ -119,8 +129,8 @@ net::awaitable<bool> Session::handshake() {
   auto& metrics = p_.services->metrics;
   const auto started = Clock::now();
   beast::get_lowest_layer(stream_).expires_after(cfg_.tls.handshake_timeout);
-  auto [ec] = co_await stream_.async_handshake(ssl::stream_base::server,
-                                               net::as_tuple(net::use_awaitable));
+  auto [ec] =
+      co_await stream_.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
   SSL* ssl = stream_.native_handle();
   if (!ec) {
     identity_ = tls::extract_peer_identity(ssl);
@@ -162,8 +172,8 @@ net::awaitable<void> Session::run() {
     http::request_parser<http::buffer_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
     parser.body_limit(boost::none);
-    auto [ec, n] =
-        co_await http::async_read_header(stream_, buffer_, parser, net::as_tuple(net::use_awaitable));
+    auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser,
+                                                    net::as_tuple(net::use_awaitable));
     handle->idle = false;
     first = false;
     if (ec) {
@@ -210,10 +220,8 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   if (auto rejection = validate_request(req, sni_)) {
     p_.services->metrics.bad_request();
     ex.reason = rejection->reason;
-    co_await respond(static_cast<unsigned>(rejection->status), "application/json",
-                     boost::json::serialize(boost::json::object{{"error", "bad_request"},
-                                                                {"reason", rejection->reason}}) +
-                         "\n",
+    auto body = json_error("bad_request", rejection->reason);
+    co_await respond(static_cast<unsigned>(rejection->status), "application/json", std::move(body),
                      false, ex);
     co_return false;
   }
@@ -222,8 +230,8 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   const auto* route = select_route(cfg_, host.empty() ? sni_ : host, ex.path);
   if (!route) {
     ex.reason = "no_route";
-    co_await respond(404, "application/json", R"({"error":"not_found","reason":"no_route"})" "\n",
-                     keep_alive, ex);
+    auto body = json_error("not_found", "no_route");
+    co_await respond(404, "application/json", std::move(body), keep_alive, ex);
     co_return keep_alive;
   }
   ex.route_upstream = route->upstream;
@@ -231,11 +239,8 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   const auto decision = authz::authorize(*route, *identity_);
   if (!decision.allowed) {
     ex.reason = decision.reason;
-    co_await respond(403, "application/json",
-                     boost::json::serialize(boost::json::object{{"error", "forbidden"},
-                                                                {"reason", decision.reason}}) +
-                         "\n",
-                     keep_alive, ex);
+    auto body = json_error("forbidden", decision.reason);
+    co_await respond(403, "application/json", std::move(body), keep_alive, ex);
     co_return keep_alive;
   }
 
@@ -248,7 +253,8 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
     }
     parser.body_limit(route->max_body_bytes);
   }
-  co_return co_await forward(parser, *route, ex);
+  const bool keep = co_await forward(parser, *route, ex);
+  co_return keep;
 }
 
 net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& parser,
@@ -280,15 +286,19 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   // A pooled connection can be closed by the upstream just as it is reused; a request without a
   // body is then safely sent again once, on a fresh connection.
   for (int attempt = 0; attempt < 2 && !request_sent; ++attempt) {
+    boost::system::error_code connect_error;
     try {
       lease.emplace(co_await p_.worker->pool().acquire(upstream));
     } catch (const boost::system::system_error& e) {
-      const bool timeout = e.code() == beast::error::timeout;
+      connect_error = e.code();
+    }
+    if (connect_error) {
+      const bool timeout = connect_error == beast::error::timeout;
       metrics.upstream_error(timeout ? admin::UpstreamError::timeout
                                      : admin::UpstreamError::connect_failed);
       ex.reason = timeout ? "upstream_connect_timeout" : "upstream_connect_failed";
       spdlog::warn("upstream connect failed conn={} upstream={} error=\"{}\"", id_, upstream.name,
-                   e.code().message());
+                   connect_error.message());
       co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream unavailable\n",
                        client_keep_alive && !has_body, ex);
       co_return client_keep_alive && !has_body;
@@ -298,7 +308,8 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     if (expects_continue && has_body && attempt == 0) {
       http::response<http::empty_body> interim{http::status::continue_, 11};
       beast::get_lowest_layer(stream_).expires_after(cfg_.idle_timeout);
-      auto [ec, n] = co_await http::async_write(stream_, interim, net::as_tuple(net::use_awaitable));
+      auto [ec, n] =
+          co_await http::async_write(stream_, interim, net::as_tuple(net::use_awaitable));
       if (ec) co_return false;
     }
 
@@ -313,11 +324,11 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
           sent.read_error != ssl::error::stream_truncated &&
           sent.read_error != beast::error::timeout) {
         metrics.bad_request();
-        co_await respond(
-            sent.read_error == http::error::body_limit ? 413 : 400, "text/plain; charset=utf-8",
-            sent.read_error == http::error::body_limit ? "request body too large\n"
-                                                       : "malformed request body\n",
-            false, ex);
+        co_await respond(sent.read_error == http::error::body_limit ? 413 : 400,
+                         "text/plain; charset=utf-8",
+                         sent.read_error == http::error::body_limit ? "request body too large\n"
+                                                                    : "malformed request body\n",
+                         false, ex);
       }
       co_return false;
     }
@@ -327,8 +338,8 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
                                  ? admin::UpstreamError::timeout
                                  : admin::UpstreamError::reset);
       ex.reason = "upstream_write_failed";
-      co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream failed\n", false,
-                       ex);
+      co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream failed\n",
+                       false, ex);
       co_return false;
     }
 
@@ -337,11 +348,11 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     fresh_response_parser();
     for (;;) {
       lease->stream.expires_after(upstream.response_timeout);
-      auto [ec, n] = co_await http::async_read_header(lease->stream, upstream_buffer,
-                                                      *response_parser,
-                                                      net::as_tuple(net::use_awaitable));
+      auto [ec, n] = co_await http::async_read_header(
+          lease->stream, upstream_buffer, *response_parser, net::as_tuple(net::use_awaitable));
       if (ec) {
-        if (lease->reused && !has_body && ec != beast::error::timeout && upstream_buffer.size() == 0) {
+        if (lease->reused && !has_body && ec != beast::error::timeout &&
+            upstream_buffer.size() == 0) {
           lease.reset();
           break;  // retry on a fresh connection
         }
@@ -400,9 +411,9 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   res.keep_alive(keep_alive);
   ex.status = status;
 
-  auto received = co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_,
-                                         !bodyless, upstream.response_timeout, cfg_.idle_timeout,
-                                         chunk);
+  auto received =
+      co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, !bodyless,
+                             upstream.response_timeout, cfg_.idle_timeout, chunk);
   ex.bytes_out = received.body_bytes;
   if (received.read_error) {
     // The response is already under way: the only honest signal left is to cut the connection.
@@ -442,14 +453,13 @@ void Session::log_exchange(const Exchange& ex) {
   if (!p_.services->access_log) return;
   const auto now = std::chrono::system_clock::now();
   boost::json::object line{
-      {"time", fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
-                           std::chrono::floor<std::chrono::seconds>(now))},
+      {"time", fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(now))},
       {"conn", id_},
       {"listener", cfg_.name},
       {"peer", peer_},
-      {"subject", identity_ ? identity_->subject : ""},
-      {"serial", identity_ ? identity_->serial_hex : ""},
-      {"fingerprint", identity_ ? identity_->fingerprint_sha256 : ""},
+      {"subject", identity_ ? identity_->subject : std::string()},
+      {"serial", identity_ ? identity_->serial_hex : std::string()},
+      {"fingerprint", identity_ ? identity_->fingerprint_sha256 : std::string()},
       {"method", ex.method},
       {"path", ex.path},
       {"status", ex.status},

@@ -2,12 +2,12 @@
 
 #include "portcullis/proxy/client_session.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 namespace portcullis::proxy {
 
@@ -53,7 +53,8 @@ void Listener::start(SnapshotSource current, std::vector<Worker*> workers, Servi
       auto snapshot = current();
       const auto& context = *snapshot->listeners.at(index_);
       services.metrics.connection_accepted();
-      if (connections_->fetch_add(1, std::memory_order_relaxed) >= context.config->max_connections) {
+      if (connections_->fetch_add(1, std::memory_order_relaxed) >=
+          context.config->max_connections) {
         connections_->fetch_sub(1, std::memory_order_relaxed);
         services.metrics.connection_rejected();
         services.metrics.connection_closed();

@@ -100,7 +100,8 @@ std::optional<Rejection> validate_request(const http::request_header<>& req, std
   const auto count = [&](http::field f) { return req.count(f); };
   const auto hosts = count(http::field::host);
   if (hosts > 1) return Rejection{http::status::bad_request, "multiple_host"};
-  if (hosts == 0 && req.version() >= 11) return Rejection{http::status::bad_request, "missing_host"};
+  if (hosts == 0 && req.version() >= 11)
+    return Rejection{http::status::bad_request, "missing_host"};
 
   const auto lengths = count(http::field::content_length);
   const auto encodings = count(http::field::transfer_encoding);
@@ -109,21 +110,24 @@ std::optional<Rejection> validate_request(const http::request_header<>& req, std
     return Rejection{http::status::bad_request, "content_length_with_transfer_encoding"};
   }
   if (encodings) {
-    if (req.version() < 11) return Rejection{http::status::bad_request, "transfer_encoding_on_http10"};
+    if (req.version() < 11)
+      return Rejection{http::status::bad_request, "transfer_encoding_on_http10"};
     if (encodings > 1 || !boost::beast::iequals(req[http::field::transfer_encoding], "chunked")) {
       return Rejection{http::status::bad_request, "unsupported_transfer_encoding"};
     }
   }
   if (lengths) {
     const auto v = req[http::field::content_length];
-    if (v.empty() || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    if (v.empty() ||
+        !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       return Rejection{http::status::bad_request, "bad_content_length"};
     }
   }
   for (const auto& f : req) {
     if (f.name_string().empty()) return Rejection{http::status::bad_request, "empty_header_name"};
     const auto v = f.value();
-    if (std::any_of(v.begin(), v.end(), [](char c) { return c == '\0' || c == '\r' || c == '\n'; })) {
+    if (std::any_of(v.begin(), v.end(),
+                    [](char c) { return c == '\0' || c == '\r' || c == '\n'; })) {
       return Rejection{http::status::bad_request, "bad_header_value"};
     }
   }
@@ -157,14 +161,16 @@ void prepare_upstream_request(http::request_header<>& req, std::string_view clie
   remove_hop_by_hop(req, true);
   req.version(11);
   // The client's own X-Forwarded-For is kept and extended, as a chain of hops.
-  const auto prior = req[http::field::x_forwarded_for];
+  const auto prior = req["X-Forwarded-For"];
   const std::string forwarded =
       prior.empty() ? std::string(client_ip) : std::string(prior) + ", " + std::string(client_ip);
-  req.set(http::field::x_forwarded_for, forwarded);
+  req.set("X-Forwarded-For", forwarded);
   req.set("X-Forwarded-Proto", "https");
   for (const auto& [name, value] : identity) req.insert(name, value);
 }
 
-void prepare_client_response(http::response_header<>& res) { remove_hop_by_hop(res, false); }
+void prepare_client_response(http::response_header<>& res) {
+  remove_hop_by_hop(res, false);
+}
 
 }  // namespace portcullis::proxy

@@ -43,7 +43,8 @@ std::shared_ptr<const Snapshot> build_snapshot(config::LoadResult loaded) {
     options.listener = &listener;
     options.truststore = context->truststore;
     options.revocation = snapshot->revocation;
-    options.session_id_context = session_context(listener, *context->truststore, config->revocation);
+    options.session_id_context =
+        session_context(listener, *context->truststore, config->revocation);
     auto native = tls::build_server_context(options);
     context->ssl = std::make_unique<boost::asio::ssl::context>(native.release());
     snapshot->listeners.push_back(std::move(context));

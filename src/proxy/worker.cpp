@@ -1,13 +1,15 @@
 #include "portcullis/proxy/worker.hpp"
 
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 namespace portcullis::proxy {
 
 Worker::Worker() : pool_(io_.get_executor()) {}
 
-Worker::~Worker() { stop(); }
+Worker::~Worker() {
+  stop();
+}
 
 void Worker::start() {
   guard_.emplace(io_.get_executor());
@@ -35,7 +37,9 @@ Worker::Handle Worker::track(boost::beast::tcp_stream& stream) {
   return sessions_.begin();
 }
 
-void Worker::untrack(Handle handle) { sessions_.erase(handle); }
+void Worker::untrack(Handle handle) {
+  sessions_.erase(handle);
+}
 
 void Worker::drain_idle() {
   boost::asio::post(io_, [this] {

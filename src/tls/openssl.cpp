@@ -15,6 +15,8 @@ std::string openssl_errors() {
   return out.empty() ? "no OpenSSL error recorded" : out;
 }
 
-void throw_openssl_error(const std::string& what) { throw TlsError(what + ": " + openssl_errors()); }
+void throw_openssl_error(const std::string& what) {
+  throw TlsError(what + ": " + openssl_errors());
+}
 
 }  // namespace portcullis::tls

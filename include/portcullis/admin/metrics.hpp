@@ -32,13 +32,13 @@ enum class HandshakeResult : int {
   unknown_ca,
   expired,
   not_yet_valid,
-  bad_purpose,       // leaf without clientAuth EKU, wrong key usage
+  bad_purpose,  // leaf without clientAuth EKU, wrong key usage
   chain_too_long,
   revoked,
   revocation_unknown,
-  bad_certificate,   // other verification failures
+  bad_certificate,  // other verification failures
   timeout,
-  protocol_error,    // version/cipher/group mismatch, garbage, client went away
+  protocol_error,  // version/cipher/group mismatch, garbage, client went away
   count_
 };
 std::string_view to_string(HandshakeResult result);
@@ -71,7 +71,8 @@ class Metrics {
   std::array<std::atomic<std::uint64_t>, 6> requests_by_class_{};  // index 1..5 = 1xx..5xx
   Histogram request_seconds_;
   std::atomic<std::uint64_t> bad_requests_{0};
-  std::array<std::atomic<std::uint64_t>, static_cast<int>(UpstreamError::count_)> upstream_errors_{};
+  std::array<std::atomic<std::uint64_t>, static_cast<int>(UpstreamError::count_)>
+      upstream_errors_{};
   std::atomic<std::uint64_t> reloads_ok_{0};
   std::atomic<std::uint64_t> reloads_failed_{0};
 };

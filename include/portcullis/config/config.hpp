@@ -59,9 +59,9 @@ struct AllowRule {
 
 struct Route {
   RouteMatch match;
-  std::string upstream;          // key into Config::upstreams
-  bool has_allow = false;        // false: every verified client is admitted
-  std::vector<AllowRule> allow;  // admitted when any rule matches
+  std::string upstream;              // key into Config::upstreams
+  bool has_allow = false;            // false: every verified client is admitted
+  std::vector<AllowRule> allow;      // admitted when any rule matches
   std::uint64_t max_body_bytes = 0;  // 0 = unlimited
 };
 
@@ -91,8 +91,8 @@ enum class RevocationMode { none, crl, ocsp, ocsp_then_crl, crl_then_ocsp };
 enum class OnUnknown { deny, allow };
 
 struct CrlSource {
-  std::string url;              // http:// or https://
-  std::filesystem::path file;   // or a local file
+  std::string url;             // http:// or https://
+  std::filesystem::path file;  // or a local file
 };
 
 struct Revocation {
@@ -112,7 +112,7 @@ struct Admin {
 };
 
 struct Logging {
-  std::string level = "info";        // trace | debug | info | warn | error | off
+  std::string level = "info";         // trace | debug | info | warn | error | off
   std::string access_log = "stdout";  // stdout | stderr | off | a file path
 };
 

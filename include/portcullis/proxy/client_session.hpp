@@ -15,7 +15,7 @@
 namespace portcullis::proxy {
 
 struct SessionParams {
-  std::shared_ptr<const Snapshot> snapshot;  // the generation this connection was accepted under
+  std::shared_ptr<const Snapshot> snapshot;   // the generation this connection was accepted under
   const ListenerContext* listener = nullptr;  // points into *snapshot
   Worker* worker = nullptr;
   Services* services = nullptr;

@@ -21,8 +21,9 @@ struct CertSpec {
   bool is_ca = false;
   std::optional<int> path_len;  // CA only
   KeyType key = KeyType::ec_p256;
-  Eku eku = Eku::client_auth;   // leaf only; CAs get no EKU
-  std::vector<std::string> sans;  // "DNS:a.example", "URI:spiffe://td/x", "email:a@b", "IP:127.0.0.1"
+  Eku eku = Eku::client_auth;  // leaf only; CAs get no EKU
+  std::vector<std::string>
+      sans;  // "DNS:a.example", "URI:spiffe://td/x", "email:a@b", "IP:127.0.0.1"
   // Validity relative to now.
   std::chrono::seconds not_before_offset{-3600};
   std::chrono::seconds not_after_offset{std::chrono::hours(24 * 30)};

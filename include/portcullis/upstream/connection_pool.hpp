@@ -45,7 +45,7 @@ class ConnectionPool {
   };
   boost::asio::any_io_executor executor_;
   std::map<std::string, std::deque<Idle>> idle_;  // by "upstream/endpoint"
-  std::map<std::string, std::size_t> next_;        // round-robin position by upstream
+  std::map<std::string, std::size_t> next_;       // round-robin position by upstream
 };
 
 }  // namespace portcullis::upstream
