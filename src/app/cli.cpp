@@ -5,6 +5,7 @@
 #include "portcullis/config/config.hpp"
 #include "portcullis/echo/echo_server.hpp"
 #include "portcullis/proxy/snapshot.hpp"
+#include "portcullis/revocation/checker_factory.hpp"
 
 #include <openssl/opensslv.h>
 #include <boost/program_options.hpp>
@@ -34,7 +35,8 @@ int check_config(const std::string& file) {
     auto loaded = config::load_config(file);
     const auto warnings = loaded.warnings;
     // Building the snapshot loads the truststores and TLS material, as a start would.
-    auto snapshot = proxy::build_snapshot(std::move(loaded));
+    auto checker = revocation::make_checker(loaded.config.revocation);
+    auto snapshot = proxy::build_snapshot(std::move(loaded), checker);
     for (const auto& w : warnings) std::cerr << "warning: " << w.to_string() << "\n";
     for (const auto& l : snapshot->listeners) {
       for (const auto& w : l->truststore->summary().warnings) {

@@ -5,8 +5,11 @@
 #include "portcullis/proxy/services.hpp"
 #include "portcullis/proxy/snapshot.hpp"
 #include "portcullis/proxy/worker.hpp"
+#include "portcullis/revocation/checker_factory.hpp"
+#include "portcullis/revocation/crl_refresher.hpp"
 #include "portcullis/util/logging.hpp"
 
+#include <fmt/chrono.h>
 #include <openssl/opensslv.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
@@ -33,12 +36,15 @@ struct Gateway::Impl {
   std::vector<std::unique_ptr<proxy::Worker>> workers;
   std::vector<std::unique_ptr<proxy::Listener>> listeners;
   std::unique_ptr<admin::AdminServer> admin;
+  std::shared_ptr<revocation::CrlChecker> crl_checker;
+  std::unique_ptr<revocation::CrlRefresher> refresher;
   std::atomic<bool> ready{false};
   bool stopping = false;
   std::string last_reload_error;
   std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
 
   std::shared_ptr<const proxy::Snapshot> current() const { return snapshot.load(); }
+  bool is_ready() const;
   std::string status_json() const;
   admin::Response reload();
   void begin_shutdown(std::string_view why);
@@ -54,6 +60,16 @@ json::array warnings_json(const std::vector<std::string>& warnings) {
 }
 
 }  // namespace
+
+// Not ready while fail-closed revocation has no verified CRL for every source: admitting
+// clients then would mean refusing them all, or worse with fail-open.
+bool Gateway::Impl::is_ready() const {
+  if (!ready.load()) return false;
+  if (refresher && current()->config->revocation.on_unknown == config::OnUnknown::deny) {
+    return refresher->all_loaded();
+  }
+  return true;
+}
 
 std::string Gateway::Impl::status_json() const {
   const auto snap = current();
@@ -137,7 +153,7 @@ admin::Response Gateway::Impl::reload() {
                                  "' changed name or address; restart to apply it");
       }
     }
-    auto built = proxy::build_snapshot(std::move(loaded));
+    auto built = proxy::build_snapshot(std::move(loaded), crl_checker);
     snapshot.store(built);
     last_reload_error.clear();
     services.metrics.config_reload(true);
@@ -184,7 +200,15 @@ Gateway::Gateway(config::LoadResult loaded) : impl_(std::make_unique<Impl>()) {
   util::setup_logging(loaded.config.logging.level);
   impl_->services.access_log = util::make_access_log(loaded.config.logging.access_log);
   for (const auto& w : loaded.warnings) spdlog::warn("config: {}", w.to_string());
-  auto snap = proxy::build_snapshot(std::move(loaded));
+  impl_->crl_checker = revocation::make_checker(loaded.config.revocation);
+  const auto revocation_settings = loaded.config.revocation;
+  auto snap = proxy::build_snapshot(std::move(loaded), impl_->crl_checker);
+  if (impl_->crl_checker) {
+    std::vector<std::shared_ptr<const tls::Truststore>> truststores;
+    for (const auto& l : snap->listeners) truststores.push_back(l->truststore);
+    impl_->refresher = std::make_unique<revocation::CrlRefresher>(revocation_settings, truststores,
+                                                                  impl_->crl_checker);
+  }
   for (const auto& l : snap->listeners) {
     for (const auto& w : l->truststore->summary().warnings) {
       spdlog::warn("truststore {}: {}", l->truststore->summary().path.string(), w);
@@ -214,13 +238,22 @@ int Gateway::run(std::function<void()> on_ready) {
     s.listeners.push_back(std::make_unique<proxy::Listener>(s.control, cfg.listeners[i], i));
   }
   admin::Handlers handlers;
-  handlers.ready = [&s] { return s.ready.load(); };
-  handlers.metrics = [&s] { return s.services.metrics.render(); };
+  handlers.ready = [&s] { return s.is_ready(); };
+  handlers.metrics = [&s] {
+    return s.services.metrics.render() + (s.refresher ? s.refresher->render_metrics() : "");
+  };
+  handlers.post["/revocation/refresh"] = [&s] {
+    if (!s.refresher)
+      return admin::Response{404, "text/plain; charset=utf-8", "revocation is off\n"};
+    s.refresher->refresh_now();
+    return admin::Response{202, "text/plain; charset=utf-8", "refresh started\n"};
+  };
   handlers.status_json = [&s] { return s.status_json(); };
   handlers.post["/reload"] = [&s] { return s.reload(); };
   s.admin = std::make_unique<admin::AdminServer>(s.control.get_executor(), cfg.admin.address,
                                                  std::move(handlers));
 
+  if (s.refresher) s.refresher->start();
   for (auto& w : s.workers) w->start();
   for (auto& l : s.listeners) {
     l->start([&s] { return s.current(); }, worker_ptrs, s.services);
@@ -250,6 +283,7 @@ int Gateway::run(std::function<void()> on_ready) {
 
   s.control.run();
   for (auto& w : s.workers) w->stop();
+  if (s.refresher) s.refresher->stop();
   spdlog::info("stopped");
   return 0;
 }

@@ -122,6 +122,7 @@ class Session {
   std::string sni_;
   std::shared_ptr<const tls::PeerIdentity> identity_;
   tls::HeaderList identity_headers_;
+  std::uint64_t revocation_generation_ = 0;
   beast::flat_buffer buffer_;
 };
 
@@ -142,6 +143,23 @@ net::awaitable<bool> Session::handshake() {
     spdlog::info("handshake failed conn={} listener={} peer={} reason={} detail=\"{}\"", id_,
                  cfg_.name, peer_, admin::to_string(result), ec.message());
     co_return false;
+  }
+  // A resumed session skipped certificate verification: its chain is checked against the
+  // current revocation data before anything is forwarded.
+  if (const auto& checker = p_.snapshot->revocation) {
+    if (SSL_session_reused(ssl)) {
+      const auto verdict = revocation::check_peer(*checker, ssl, p_.listener->truststore->store());
+      if (verdict.status != revocation::Status::good) {
+        const auto result = verdict.status == revocation::Status::revoked
+                                ? admin::HandshakeResult::revoked
+                                : admin::HandshakeResult::revocation_unknown;
+        metrics.handshake(result, seconds_since(started));
+        spdlog::info("resumed session refused conn={} peer={} reason={}", id_, peer_,
+                     verdict.reason);
+        co_return false;
+      }
+    }
+    revocation_generation_ = checker->generation();
   }
   metrics.handshake(admin::HandshakeResult::ok, seconds_since(started));
   if (const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) sni_ = name;
@@ -216,6 +234,21 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   auto& req = parser.get();
   const bool body_pending = !parser.is_done();
   const bool keep_alive = req.keep_alive() && !body_pending;  // refusals do not read the body
+
+  // New revocation data since this connection was admitted: check its chain again, so a
+  // revoked client's keep-alive connection carries no further request.
+  if (const auto& checker = p_.snapshot->revocation;
+      checker && checker->generation() != revocation_generation_) {
+    const auto verdict =
+        revocation::check_peer(*checker, stream_.native_handle(), p_.listener->truststore->store());
+    if (verdict.status != revocation::Status::good) {
+      ex.reason = verdict.status == revocation::Status::revoked ? "revoked" : "revocation_unknown";
+      auto body = json_error("forbidden", ex.reason);
+      co_await respond(403, "application/json", std::move(body), false, ex);
+      co_return false;
+    }
+    revocation_generation_ = checker->generation();
+  }
 
   if (auto rejection = validate_request(req, sni_)) {
     p_.services->metrics.bad_request();

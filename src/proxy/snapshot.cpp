@@ -1,6 +1,5 @@
 #include "portcullis/proxy/snapshot.hpp"
 
-#include "portcullis/revocation/checker_factory.hpp"
 #include "portcullis/tls/server_context.hpp"
 
 #include <openssl/evp.h>
@@ -22,12 +21,13 @@ std::string session_context(const config::Listener& listener, const tls::Trustst
 
 }  // namespace
 
-std::shared_ptr<const Snapshot> build_snapshot(config::LoadResult loaded) {
+std::shared_ptr<const Snapshot> build_snapshot(
+    config::LoadResult loaded, std::shared_ptr<const revocation::Checker> revocation) {
   auto snapshot = std::make_shared<Snapshot>();
   auto config = std::make_shared<const config::Config>(std::move(loaded.config));
   snapshot->config = config;
   snapshot->warnings = std::move(loaded.warnings);
-  snapshot->revocation = revocation::make_checker(config->revocation);
+  snapshot->revocation = std::move(revocation);
 
   for (std::size_t i = 0; i < config->listeners.size(); ++i) {
     const auto& listener = config->listeners[i];

@@ -5,12 +5,19 @@
 
 namespace portcullis::revocation {
 
-std::shared_ptr<const Checker> make_checker(const config::Revocation& settings) {
-  if (settings.mode == config::RevocationMode::none) return nullptr;
-  // Refusing to start is the only safe answer for a mode this build cannot enforce: running
-  // without the revocation checks the operator asked for would admit revoked clients.
-  throw std::runtime_error("revocation.mode: '" + std::string(config::to_string(settings.mode)) +
-                           "' is not supported by this build of portcullis; use 'none'");
+std::shared_ptr<CrlChecker> make_checker(const config::Revocation& settings) {
+  switch (settings.mode) {
+    case config::RevocationMode::none:
+      return nullptr;
+    case config::RevocationMode::crl:
+      return std::make_shared<CrlChecker>(settings.on_unknown, settings.crl.stale_grace);
+    default:
+      // Refusing to start is the only safe answer for a mode this build cannot enforce: running
+      // without the checks the operator asked for would admit revoked clients.
+      throw std::runtime_error(
+          "revocation.mode: '" + std::string(config::to_string(settings.mode)) +
+          "' is not supported by this version of portcullis; use 'crl' or 'none'");
+  }
 }
 
 }  // namespace portcullis::revocation

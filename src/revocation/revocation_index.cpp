@@ -14,19 +14,17 @@ KeyHash key_hash_of(const X509* cert) noexcept {
   return out;
 }
 
-RevocationIndex::RevocationIndex(std::vector<IssuerRevocations> issuers)
+RevocationIndex::RevocationIndex(std::vector<std::shared_ptr<const IssuerRevocations>> issuers)
     : issuers_(std::move(issuers)) {
   std::sort(issuers_.begin(), issuers_.end(),
-            [](const IssuerRevocations& a, const IssuerRevocations& b) {
-              return a.issuer_key < b.issuer_key;
-            });
+            [](const auto& a, const auto& b) { return a->issuer_key < b->issuer_key; });
 }
 
 const IssuerRevocations* RevocationIndex::issuer(const KeyHash& key) const noexcept {
-  const auto it = std::lower_bound(
-      issuers_.begin(), issuers_.end(), key,
-      [](const IssuerRevocations& entry, const KeyHash& k) { return entry.issuer_key < k; });
-  return it != issuers_.end() && it->issuer_key == key ? &*it : nullptr;
+  const auto it =
+      std::lower_bound(issuers_.begin(), issuers_.end(), key,
+                       [](const auto& entry, const KeyHash& k) { return entry->issuer_key < k; });
+  return it != issuers_.end() && (*it)->issuer_key == key ? it->get() : nullptr;
 }
 
 RevocationIndex::Result RevocationIndex::lookup(const KeyHash& issuer_key,
@@ -58,7 +56,7 @@ RevocationIndex::Result RevocationIndex::lookup(const X509* cert,
 
 std::size_t RevocationIndex::entries() const noexcept {
   std::size_t n = 0;
-  for (const auto& i : issuers_) n += i.revoked.size() + i.oversized_serials.size();
+  for (const auto& i : issuers_) n += i->revoked.size() + i->oversized_serials.size();
   return n;
 }
 

@@ -33,6 +33,8 @@ struct Snapshot {
 // Loads truststores, builds TLS contexts and the revocation checker. Throws (tls::TlsError,
 // std::runtime_error) with a message naming the listener and file on any failure: a snapshot
 // that cannot enforce client authentication is never built.
-std::shared_ptr<const Snapshot> build_snapshot(config::LoadResult loaded);
+// `revocation` is the process's checker (null when revocation is off); it outlives snapshots.
+std::shared_ptr<const Snapshot> build_snapshot(
+    config::LoadResult loaded, std::shared_ptr<const revocation::Checker> revocation);
 
 }  // namespace portcullis::proxy

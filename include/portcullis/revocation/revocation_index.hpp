@@ -35,18 +35,22 @@ class RevocationIndex {
  public:
   enum class Result { not_covered, good, revoked };
 
-  explicit RevocationIndex(std::vector<IssuerRevocations> issuers);
+  explicit RevocationIndex(std::vector<std::shared_ptr<const IssuerRevocations>> issuers);
 
   // The issuer's entry, or null when no CRL for it is held.
   const IssuerRevocations* issuer(const KeyHash& key) const noexcept;
   Result lookup(const KeyHash& issuer_key, const Serial& serial) const noexcept;
   Result lookup(const X509* cert, const X509* issuer) const noexcept;
 
-  const std::vector<IssuerRevocations>& issuers() const noexcept { return issuers_; }
+  const std::vector<std::shared_ptr<const IssuerRevocations>>& issuers() const noexcept {
+    return issuers_;
+  }
   std::size_t entries() const noexcept;
 
  private:
-  std::vector<IssuerRevocations> issuers_;  // sorted by issuer_key
+  // Sorted by issuer_key. Entries are shared between generations: publishing a new CRL for one
+  // issuer copies pointers, not the other issuers' serials.
+  std::vector<std::shared_ptr<const IssuerRevocations>> issuers_;
 };
 
 }  // namespace portcullis::revocation

@@ -193,9 +193,9 @@ TEST_CASE("the index finds revoked serials by issuer key", "[revocation][index]"
   CrlOptions o;
   o.serials.push_back(X509_get0_serialNumber(revoked.cert.get()));
   const auto parsed = parse_crl(make_crl(ca, o));
-  revocation::IssuerRevocations entry;
-  entry.issuer_key = revocation::key_hash_of(ca.cert.get());
-  entry.revoked = parsed.revoked;
+  auto entry = std::make_shared<revocation::IssuerRevocations>();
+  entry->issuer_key = revocation::key_hash_of(ca.cert.get());
+  entry->revoked = parsed.revoked;
   RevocationIndex index({entry});
 
   CHECK(index.lookup(revoked.cert.get(), ca.cert.get()) == RevocationIndex::Result::revoked);
