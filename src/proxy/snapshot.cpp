@@ -41,6 +41,7 @@ std::shared_ptr<const Snapshot> build_snapshot(
     }
     tls::ServerContextOptions options;
     options.listener = &listener;
+    options.config_key = fmt::format("listeners[{}]", i);
     options.truststore = context->truststore;
     options.revocation = snapshot->revocation;
     options.session_id_context =

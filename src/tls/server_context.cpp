@@ -1,33 +1,37 @@
 #include "portcullis/tls/server_context.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/opensslv.h>
+#include <openssl/sha.h>
 
 #include <fmt/format.h>
 
-#include <cstring>
-#include <sstream>
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
 
 namespace portcullis::tls {
 
 namespace {
 
-// What the verify callback needs, kept alive by the SSL_CTX that points at it.
+// What the verify callback needs, owned by the SSL_CTX (freed with it through ex_data).
 struct VerifyState {
   std::shared_ptr<const Truststore> truststore;
   std::shared_ptr<const revocation::Checker> revocation;
 };
 
+void free_verify_state(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<VerifyState*>(ptr);
+}
+
 int ctx_state_index() {
-  static const int index = SSL_CTX_get_ex_new_index(
-      0, nullptr, nullptr, nullptr, [](void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
-        delete static_cast<VerifyState*>(ptr);
-      });
+  static const int index =
+      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_verify_state);
   return index;
 }
 
-// The first verification failure on a connection, as a static reason string.
+// The first verification failure on a connection, as a pointer to a static string.
 int ssl_reason_index() {
   static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return index;
@@ -36,13 +40,11 @@ int ssl_reason_index() {
 const char* reason_for(int x509_error) {
   switch (x509_error) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
-    case X509_V_ERR_CRL_HAS_EXPIRED:
       return "expired";
     case X509_V_ERR_CERT_NOT_YET_VALID:
       return "not_yet_valid";
     case X509_V_ERR_INVALID_PURPOSE:
     case X509_V_ERR_KEYUSAGE_NO_DIGITAL_SIGNATURE:
-    case X509_V_ERR_KEYUSAGE_NO_CERTSIGN:
       return "bad_purpose";
     case X509_V_ERR_CERT_CHAIN_TOO_LONG:
     case X509_V_ERR_PATH_LENGTH_EXCEEDED:
@@ -55,51 +57,72 @@ const char* reason_for(int x509_error) {
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
     case X509_V_ERR_CERT_UNTRUSTED:
+    case X509_V_ERR_CERT_REJECTED:
       return "unknown_ca";
     default:
       return "bad_certificate";
   }
 }
 
-void record(SSL* ssl, const char* reason) {
+void record_failure(SSL* ssl, const char* reason) {
   if (ssl && !SSL_get_ex_data(ssl, ssl_reason_index())) {
     SSL_set_ex_data(ssl, ssl_reason_index(), const_cast<char*>(reason));
   }
 }
 
-// OpenSSL has already checked the chain, dates, depth and purpose when it calls this with
-// preverify_ok; what it adds is the failure reason for logs and metrics, and the revocation hook.
+// OpenSSL has already built the chain and checked signatures, dates, depth and purpose when it
+// reports a certificate as good; this adds the failure reason for logs and metrics, and the
+// revocation hook.
 int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
   auto* ssl = static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
   if (!preverify_ok) {
-    record(ssl, reason_for(X509_STORE_CTX_get_error(store_ctx)));
+    record_failure(ssl, reason_for(X509_STORE_CTX_get_error(store_ctx)));
     return 0;
   }
+  if (!ssl) return 1;
   const auto* state =
       static_cast<const VerifyState*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_state_index()));
   if (!state || !state->revocation) return 1;
 
-  // The revocation hook: a lookup in the in-memory index, never network I/O.
+  // The revocation hook. Called once per certificate, anchor first, leaf last. The Checker is
+  // a lookup in an in-memory index (no I/O here); it applies the fail-open/fail-closed policy
+  // itself and answers unknown only when that policy denies. The anchor is trusted by
+  // configuration and never checked.
   const int depth = X509_STORE_CTX_get_error_depth(store_ctx);
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store_ctx);
   const int chain_length = sk_X509_num(chain);
-  const bool is_anchor = depth == chain_length - 1;
-  if (is_anchor || (depth > 0 && !state->revocation->check_whole_chain())) return 1;
-  X509* cert = X509_STORE_CTX_get_current_cert(store_ctx);
+  if (depth + 1 >= chain_length) return 1;
+  if (depth > 0 && !state->revocation->check_whole_chain()) return 1;
+  X509* cert = sk_X509_value(chain, depth);
   X509* issuer = sk_X509_value(chain, depth + 1);
   const auto verdict = state->revocation->check(cert, issuer);
-  if (verdict.status == revocation::Status::revoked) {
-    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_CERT_REVOKED);
-    record(ssl, "revoked");
-    return 0;
+  switch (verdict.status) {
+    case revocation::Status::good:
+      return 1;
+    case revocation::Status::revoked:
+      // The client receives the certificate_revoked alert.
+      X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_CERT_REVOKED);
+      record_failure(ssl, "revoked");
+      return 0;
+    case revocation::Status::unknown:
+      // An error OpenSSL maps to the certificate_unknown alert.
+      X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_OCSP_CERT_UNKNOWN);
+      record_failure(ssl, "revocation_unknown");
+      return 0;
   }
-  if (verdict.status == revocation::Status::unknown) {
-    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_UNABLE_TO_GET_CRL);
-    record(ssl, "revocation_unknown");
-    return 0;
+  return 0;
+}
+
+// A client that sends no certificate never reaches the verify callback: OpenSSL fails the
+// handshake itself. The alert it sends is the one moment this can be told apart.
+void info_callback(const SSL* ssl, int where, int) {
+  if ((where & SSL_CB_WRITE_ALERT) != SSL_CB_WRITE_ALERT) return;
+  const unsigned long error = ERR_peek_last_error();
+  if (ERR_GET_LIB(error) == ERR_LIB_SSL &&
+      ERR_GET_REASON(error) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+    record_failure(const_cast<SSL*>(ssl), "no_certificate");
   }
-  return 1;
 }
 
 int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
@@ -111,32 +134,81 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const un
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
   }
-  // A client that offers only other protocols still gets HTTP/1.1 without ALPN.
+  // A client offering only other protocols (h2) still talks HTTP/1.1, without ALPN.
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+// TLS 1.2: forward secrecy and AEAD only, ECDSA before RSA, AES-GCM before ChaCha20.
 constexpr const char* default_tls12_ciphers =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
-void set_groups(SSL_CTX* ctx, const config::Listener& listener, const std::string& key) {
-  const auto& groups = listener.tls.groups;
+std::string openssl_version() {
+  return OpenSSL_version(OPENSSL_FULL_VERSION_STRING);
+}
+
+bool is_post_quantum(std::string group) {
+  std::transform(group.begin(), group.end(), group.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  return group.find("MLKEM") != std::string::npos || group.find("KYBER") != std::string::npos;
+}
+
+void set_groups(SSL_CTX* ctx, const std::vector<std::string>& groups, const std::string& where) {
   if (groups.empty()) return;
   std::string list;
   for (const auto& group : groups) {
-    // Checked one by one so that the error names the group the OpenSSL in use lacks.
-    if (SSL_CTX_set1_groups_list(ctx, group.c_str()) != 1) {
+    // One at a time, so that the error names the group this OpenSSL lacks.
+    if (group.empty() || group.find(':') != std::string::npos ||
+        SSL_CTX_set1_groups_list(ctx, group.c_str()) != 1) {
       ERR_clear_error();
       throw TlsError(fmt::format(
-          "{}.tls.groups: group '{}' is not available in {}{}", key, group, OPENSSL_VERSION_TEXT,
-          group.find("MLKEM") != std::string::npos || group.find("Kyber") != std::string::npos
-              ? " (post-quantum hybrid groups need OpenSSL 3.5 or later)"
-              : ""));
+          "{}tls.groups: group '{}' is not available in OpenSSL {} ({})", where, group,
+          openssl_version(),
+          is_post_quantum(group)
+              ? "it needs OpenSSL 3.5 or a provider that offers it"
+              : "groups this build knows include X25519, X448, P-256, P-384, P-521, ffdhe2048"));
     }
     list += (list.empty() ? "" : ":") + group;
   }
   if (SSL_CTX_set1_groups_list(ctx, list.c_str()) != 1) {
-    throw_openssl_error(fmt::format("{}.tls.groups: cannot set '{}'", key, list));
+    throw_openssl_error(fmt::format("{}tls.groups: cannot use '{}'", where, list));
+  }
+}
+
+void require_file(const std::filesystem::path& path, const std::string& key) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    throw TlsError(fmt::format("{}: file not found: {}", key, path.string()));
+  }
+}
+
+void load_certificate_and_key(SSL_CTX* ctx, const config::ServerTls& tls,
+                              const std::string& where) {
+  const auto cert = tls.certificate.string();
+  const auto key = tls.private_key.string();
+  require_file(tls.certificate, where + "tls.certificate");
+  require_file(tls.private_key, where + "tls.private_key");
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) {
+    throw_openssl_error(fmt::format(
+        "{}tls.certificate: {} is not a PEM certificate chain (leaf first, then intermediates)",
+        where, cert));
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    // OpenSSL also lands here when the key parses but belongs to another certificate.
+    const unsigned long error = ERR_peek_last_error();
+    if (ERR_GET_LIB(error) == ERR_LIB_X509 && ERR_GET_REASON(error) == X509_R_KEY_VALUES_MISMATCH) {
+      ERR_clear_error();
+      throw TlsError(fmt::format("{}tls.private_key: {} does not match the certificate in {}",
+                                 where, key, cert));
+    }
+    throw_openssl_error(
+        fmt::format("{}tls.private_key: {} is not an unencrypted PEM private key", where, key));
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    ERR_clear_error();
+    throw TlsError(fmt::format("{}tls.private_key: {} does not match the certificate in {}", where,
+                               key, cert));
   }
 }
 
@@ -151,70 +223,96 @@ std::string_view verify_failure_reason(const SSL* ssl) {
 }
 
 SslCtxPtr build_server_context(const ServerContextOptions& options) {
+  if (!options.listener) throw TlsError("server TLS context: no listener configuration");
   const auto& listener = *options.listener;
-  const auto key = fmt::format("listener '{}'", listener.name);
-  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
-  if (!ctx) throw_openssl_error("cannot create a TLS context");
+  // Messages read "listeners[0].tls.groups: ..." or "listener 'public': tls.groups: ...".
+  const auto where = options.config_key.empty() ? fmt::format("listener '{}': ", listener.name)
+                                                : options.config_key + ".";
 
-  const int min_version = listener.tls.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
-  SSL_CTX_set_min_proto_version(ctx.get(), min_version);
-  SSL_CTX_set_max_proto_version(ctx.get(), TLS1_3_VERSION);
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (!ctx) throw_openssl_error(where + "cannot create a TLS context");
+
+  int min_version = 0;
+  if (listener.tls.min_version == "1.2") {
+    min_version = TLS1_2_VERSION;
+  } else if (listener.tls.min_version == "1.3") {
+    min_version = TLS1_3_VERSION;
+  } else {
+    throw TlsError(fmt::format("{}tls.min_version: '{}' is not supported (use \"1.2\" or \"1.3\")",
+                               where, listener.tls.min_version));
+  }
+  if (SSL_CTX_set_min_proto_version(ctx.get(), min_version) != 1 ||
+      SSL_CTX_set_max_proto_version(ctx.get(), TLS1_3_VERSION) != 1) {
+    throw_openssl_error(where + "tls.min_version: cannot set the protocol range");
+  }
   SSL_CTX_set_options(
       ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS);
 
-  if (SSL_CTX_use_certificate_chain_file(ctx.get(), listener.tls.certificate.c_str()) != 1) {
-    throw_openssl_error(fmt::format("{}: tls.certificate {} is not a usable PEM certificate chain",
-                                    key, listener.tls.certificate.string()));
-  }
-  if (SSL_CTX_use_PrivateKey_file(ctx.get(), listener.tls.private_key.c_str(), SSL_FILETYPE_PEM) !=
-      1) {
-    throw_openssl_error(fmt::format("{}: tls.private_key {} is not a usable PEM private key", key,
-                                    listener.tls.private_key.string()));
-  }
-  if (SSL_CTX_check_private_key(ctx.get()) != 1) {
-    throw_openssl_error(fmt::format("{}: tls.private_key {} does not match tls.certificate {}", key,
-                                    listener.tls.private_key.string(),
-                                    listener.tls.certificate.string()));
-  }
+  load_certificate_and_key(ctx.get(), listener.tls, where);
 
-  const auto& ciphers =
+  const std::string ciphers =
       listener.tls.ciphers.empty() ? std::string(default_tls12_ciphers) : listener.tls.ciphers;
   if (SSL_CTX_set_cipher_list(ctx.get(), ciphers.c_str()) != 1) {
-    throw_openssl_error(fmt::format("{}: tls.ciphers '{}' selects no usable cipher", key, ciphers));
+    throw_openssl_error(
+        fmt::format("{}tls.ciphers: '{}' selects no usable cipher", where, ciphers));
   }
   if (!listener.tls.ciphersuites.empty() &&
       SSL_CTX_set_ciphersuites(ctx.get(), listener.tls.ciphersuites.c_str()) != 1) {
-    throw_openssl_error(
-        fmt::format("{}: tls.ciphersuites '{}' is not valid", key, listener.tls.ciphersuites));
+    throw_openssl_error(fmt::format("{}tls.ciphersuites: '{}' is not a valid TLS 1.3 suite list",
+                                    where, listener.tls.ciphersuites));
   }
-  set_groups(ctx.get(), listener, key);
+  set_groups(ctx.get(), listener.tls.groups, where);
   SSL_CTX_set_alpn_select_cb(ctx.get(), select_alpn, nullptr);
 
-  // Client certificates: always required, verified against the truststore only.
-  if (!options.truststore)
-    throw TlsError(key + ": no truststore: client authentication cannot be enforced");
+  // Client certificates: always required, verified against the truststore and nothing else.
+  if (!options.truststore) {
+    throw TlsError(where +
+                   "client_auth.truststore: none loaded; client authentication cannot "
+                   "be enforced");
+  }
+  if (listener.client_auth.max_chain_depth < 0) {
+    throw TlsError(fmt::format("{}client_auth.max_chain_depth: {} is negative", where,
+                               listener.client_auth.max_chain_depth));
+  }
   if (SSL_CTX_set1_verify_cert_store(ctx.get(), options.truststore->store()) != 1) {
-    throw_openssl_error(key + ": cannot install the truststore");
+    throw_openssl_error(where + "client_auth.truststore: cannot install");
   }
   SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback);
   SSL_CTX_set_verify_depth(ctx.get(), listener.client_auth.max_chain_depth);
-  SSL_CTX_set_purpose(ctx.get(), X509_PURPOSE_SSL_CLIENT);
+  // The leaf must allow clientAuth when it has an EKU, and digitalSignature when it has a KU.
+  if (SSL_CTX_set_purpose(ctx.get(), X509_PURPOSE_SSL_CLIENT) != 1) {
+    throw_openssl_error(where + "cannot require the TLS client purpose");
+  }
+  SSL_CTX_set_info_callback(ctx.get(), info_callback);
   if (listener.client_auth.send_ca_names) {
     STACK_OF(X509_NAME)* names = sk_X509_NAME_new_null();
+    if (!names) throw_openssl_error(where + "cannot allocate the CA name list");
     for (X509* root : options.truststore->roots()) {
-      sk_X509_NAME_push(names, X509_NAME_dup(X509_get_subject_name(root)));
+      X509_NAME* name = X509_NAME_dup(X509_get_subject_name(root));
+      if (!name || sk_X509_NAME_push(names, name) == 0) {
+        X509_NAME_free(name);
+        sk_X509_NAME_pop_free(names, X509_NAME_free);
+        throw_openssl_error(where + "cannot build the CA name list");
+      }
     }
-    SSL_CTX_set_client_CA_list(ctx.get(), names);
+    SSL_CTX_set_client_CA_list(ctx.get(), names);  // takes ownership
   }
-  SSL_CTX_set_ex_data(ctx.get(), ctx_state_index(),
-                      new VerifyState{options.truststore, options.revocation});
+  auto state = std::make_unique<VerifyState>(VerifyState{options.truststore, options.revocation});
+  if (SSL_CTX_set_ex_data(ctx.get(), ctx_state_index(), state.get()) != 1) {
+    throw_openssl_error(where + "cannot attach the verification state");
+  }
+  state.release();  // owned by the SSL_CTX now
 
-  // Session ids may only resume under the same trust and policy configuration.
-  unsigned char sid[SHA256_DIGEST_LENGTH];
+  // Sessions resume only under the trust and policy configuration they were established with.
+  // The cache (server side) and tickets stay on.
+  unsigned char sid_ctx[SHA256_DIGEST_LENGTH];
+  static_assert(sizeof(sid_ctx) <= SSL_MAX_SID_CTX_LENGTH);
   SHA256(reinterpret_cast<const unsigned char*>(options.session_id_context.data()),
-         options.session_id_context.size(), sid);
-  SSL_CTX_set_session_id_context(ctx.get(), sid, SSL_MAX_SID_CTX_LENGTH);
+         options.session_id_context.size(), sid_ctx);
+  if (SSL_CTX_set_session_id_context(ctx.get(), sid_ctx, sizeof(sid_ctx)) != 1) {
+    throw_openssl_error(where + "cannot set the session id context");
+  }
   SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_SERVER);
   return ctx;
 }

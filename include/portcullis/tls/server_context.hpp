@@ -15,13 +15,21 @@
 namespace portcullis::tls {
 
 struct ServerContextOptions {
-  const config::Listener* listener = nullptr;
+  const config::Listener* listener = nullptr;  // must outlive the call only
   std::shared_ptr<const Truststore> truststore;
   std::shared_ptr<const revocation::Checker> revocation;  // null = revocation off
-  std::string session_id_context;  // binds sessions to the trust and policy configuration
+  // Binds sessions to the trust and policy configuration; any length (it is hashed to 32 bytes).
+  std::string session_id_context;
+  // How messages name the listener, e.g. "listeners[0]"; empty = "listener '<name>'".
+  std::string config_key;
 };
 
-// Throws TlsError with a message naming the file or key that is wrong.
+// Throws TlsError with a message naming the file or key that is wrong, e.g.
+// "listeners[0].tls.groups: group 'X25519MLKEM768' is not available in OpenSSL 3.0.22 (...)".
+// Client certificates are required (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT), verified
+// against the truststore with the TLS client purpose and max_chain_depth, then passed to the
+// revocation Checker (leaf, or the whole chain below the anchor). The SSL_CTX keeps the
+// truststore and the Checker alive; it owns its verify and info callbacks (do not replace them).
 SslCtxPtr build_server_context(const ServerContextOptions& options);
 
 // Why client verification failed on this connection: "no_certificate", "unknown_ca", "expired",
