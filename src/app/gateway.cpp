@@ -124,10 +124,38 @@ std::string Gateway::Impl::status_json() const {
     upstreams[name] = json::object{{"endpoints", std::move(endpoints)}};
   }
   status["upstreams"] = std::move(upstreams);
+  json::array sources;
+  if (refresher) {
+    const auto when = [](const auto& t) -> json::value {
+      if (!t) return nullptr;
+      return json::value(fmt::format("{:%Y-%m-%dT%H:%M:%SZ}",
+                                     fmt::gmtime(std::chrono::system_clock::to_time_t(*t))));
+    };
+    for (const auto& src : refresher->status()) {
+      json::object o;
+      o["source"] = src.source;
+      o["issuer"] = src.issuer;
+      o["loaded"] = src.loaded;
+      o["entries"] = src.entries;
+      o["crl_number"] = src.crl_number;
+      o["this_update"] = when(src.this_update);
+      o["next_update"] = when(src.next_update);
+      o["last_fetch"] = when(src.last_fetch);
+      o["last_success"] = when(src.last_success);
+      o["etag"] = src.etag;
+      o["fetched"] = src.fetched;
+      o["not_modified"] = src.not_modified;
+      o["failed"] = src.failed;
+      o["rejected"] = src.rejected;
+      o["last_error"] = src.last_error;
+      sources.push_back(std::move(o));
+    }
+  }
   status["revocation"] = json::object{
       {"mode", config::to_string(snap->config->revocation.mode)},
       {"on_unknown",
-       snap->config->revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow"}};
+       snap->config->revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow"},
+      {"sources", std::move(sources)}};
   json::array config_warnings;
   for (const auto& w : snap->warnings) config_warnings.emplace_back(w.to_string());
   status["config_warnings"] = std::move(config_warnings);

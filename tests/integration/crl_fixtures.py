@@ -1,0 +1,189 @@
+"""Revocation fixtures: a CA hierarchy run with `openssl ca` (so certificates can be revoked and
+CRLs published the way real CAs do it) and an HTTP server on 127.0.0.1 that publishes the CRLs,
+with switches for the failure modes the gateway must survive."""
+
+import hashlib
+import http.server
+import os
+import subprocess
+import threading
+
+CA_CONFIG = """
+[ ca ]
+default_ca = ca_default
+[ ca_default ]
+dir = {dir}
+database = $dir/index.txt
+new_certs_dir = $dir/issued
+certificate = $dir/ca.pem
+private_key = $dir/ca.key
+serial = $dir/serial
+crlnumber = $dir/crlnumber
+default_md = sha256
+default_days = 30
+default_crl_days = {crl_days}
+policy = policy_any
+unique_subject = no
+copy_extensions = none
+[ policy_any ]
+commonName = supplied
+organizationName = optional
+[ v3_ca ]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[ client ]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[ server ]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost,IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def run(*args, **kwargs):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+
+
+class CertificateAuthority:
+    """One CA directory driven by `openssl ca`."""
+
+    def __init__(self, base, name, common_name, parent=None, crl_days=1):
+        self.dir = os.path.join(base, name)
+        self.name = name
+        os.makedirs(os.path.join(self.dir, "issued"))
+        open(os.path.join(self.dir, "index.txt"), "w").close()
+        with open(os.path.join(self.dir, "serial"), "w") as f:
+            f.write("1000\n")
+        with open(os.path.join(self.dir, "crlnumber"), "w") as f:
+            f.write("01\n")
+        self.config = os.path.join(self.dir, "ca.cnf")
+        with open(self.config, "w") as f:
+            f.write(CA_CONFIG.format(dir=self.dir, crl_days=crl_days))
+        self.key = os.path.join(self.dir, "ca.key")
+        self.cert = os.path.join(self.dir, "ca.pem")
+        if parent is None:
+            run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", self.key, "-out", self.cert, "-days", "60", "-subj",
+                f"/CN={common_name}", "-config", self.config, "-extensions", "v3_ca")
+        else:
+            csr = os.path.join(self.dir, "ca.csr")
+            run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", self.key, "-out", csr, "-subj", f"/CN={common_name}")
+            run("openssl", "ca", "-batch", "-config", parent.config, "-extensions", "v3_ca",
+                "-in", csr, "-out", self.cert, "-notext")
+
+    def issue(self, name, common_name, extensions="client", startdate=None, enddate=None):
+        """Writes NAME.pem (leaf), NAME.key and NAME-chain.pem (leaf + this CA) next to the CA."""
+        key = os.path.join(self.dir, f"{name}.key")
+        csr = os.path.join(self.dir, f"{name}.csr")
+        cert = os.path.join(self.dir, f"{name}.pem")
+        run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={common_name}")
+        args = ["openssl", "ca", "-batch", "-config", self.config, "-extensions", extensions,
+                "-in", csr, "-out", cert, "-notext"]
+        if startdate:
+            args += ["-startdate", startdate]
+        if enddate:
+            args += ["-enddate", enddate]
+        run(*args)
+        chain = os.path.join(self.dir, f"{name}-chain.pem")
+        with open(chain, "w") as out:
+            out.write(open(cert).read() + open(self.cert).read())
+        return {"cert": cert, "key": key, "chain": chain}
+
+    def revoke(self, cert_path):
+        run("openssl", "ca", "-batch", "-config", self.config, "-revoke", cert_path)
+
+    def crl(self, der=True):
+        """Generates a fresh CRL (next cRLNumber) and returns its bytes."""
+        pem = os.path.join(self.dir, "current.crl.pem")
+        run("openssl", "ca", "-batch", "-config", self.config, "-gencrl", "-out", pem)
+        if not der:
+            return open(pem, "rb").read()
+        return run_bytes("openssl", "crl", "-in", pem, "-outform", "DER")
+
+
+def run_bytes(*args):
+    return subprocess.run(args, check=True, capture_output=True).stdout
+
+
+class CrlServer:
+    """Publishes CRLs at /NAME.crl on 127.0.0.1 with ETags; `mode` switches to a failure."""
+
+    def __init__(self):
+        self.files = {}
+        self.mode = "ok"  # ok | 404 | 500 | garbage | oversized | hang
+        self.requests = 0
+        self.not_modified = 0
+        self.release = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests += 1
+                name = self.path.lstrip("/")
+                if server.mode == "hang":
+                    server.release.wait(30)
+                    return
+                if server.mode in ("404", "500"):
+                    self.send_response(int(server.mode))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if name not in server.files:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = server.files[name]
+                if server.mode == "garbage":
+                    body = b"this is not a CRL" * 10
+                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+                if self.headers.get("If-None-Match") == etag and server.mode == "ok":
+                    server.not_modified += 1
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/pkix-crl")
+                self.send_header("ETag", etag)
+                if server.mode == "oversized":
+                    # Claims far more than any CRL limit; the gateway must stop reading.
+                    self.send_header("Content-Length", str(1 << 40))
+                    self.end_headers()
+                    try:
+                        for _ in range(64):
+                            self.wfile.write(b"\0" * 65536)
+                    except OSError:
+                        pass
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,144 @@
+"""Starts the real portcullis binary and its built-in echo upstream on free 127.0.0.1 ports, and
+waits for readiness by polling, never by sleeping a fixed time."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+BIN = os.environ.get("PORTCULLIS_BIN", "portcullis")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_get(url, timeout=5):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+
+
+def http_post(url, timeout=5):
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class EchoUpstream:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen([BIN, "echo-upstream", "--listen", f"127.0.0.1:{self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: http_get(self.url("/__stats"))[0] == 200, what="echo upstream")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def requests(self):
+        return json.loads(http_get(self.url("/__stats"))[1])["requests"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Gateway:
+    """portcullis with a generated config. `extra` is YAML appended at the top level."""
+
+    def __init__(self, server_chain, server_key, truststore, upstream_port, extra="", wait_ready=True,
+                 listener_extra=""):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="portcullis-gw-")
+        self.config = os.path.join(self.dir, "portcullis.yaml")
+        with open(self.config, "w") as f:
+            f.write(f"""listeners:
+  - name: public
+    address: 127.0.0.1:{self.port}
+    tls: {{ certificate: {server_chain}, private_key: {server_key}, handshake_timeout: 5s }}
+    client_auth: {{ truststore: {truststore}, max_chain_depth: 4 }}
+{listener_extra}    routes:
+      - match: {{ host: "*", path_prefix: / }}
+        upstream: app
+upstreams:
+  app: {{ endpoints: ["127.0.0.1:{upstream_port}"], connect_timeout: 2s, response_timeout: 5s }}
+admin: {{ address: 127.0.0.1:{self.admin_port} }}
+logging: {{ level: debug, access_log: off }}
+runtime: {{ io_threads: 2, shutdown_grace: 5s }}
+{extra}""")
+        self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
+        self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,
+                                     stderr=self.log)
+        wait_for(lambda: self.proc.poll() is not None or self.admin("/healthz")[0] == 200,
+                 what="admin listener")
+        if self.proc.poll() is not None:
+            raise AssertionError("gateway exited: " + self.stderr())
+        if wait_ready:
+            wait_for(lambda: self.admin("/readyz")[0] == 200, what="/readyz")
+
+    def admin(self, path):
+        return http_get(f"http://127.0.0.1:{self.admin_port}{path}")
+
+    def status(self):
+        return json.loads(self.admin("/status")[1])
+
+    def metric(self, name):
+        for line in self.admin("/metrics")[1].splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stderr(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def curl(port, cert=None, key=None, cacert=None, path="/", extra=()):
+    """Returns (exit code, HTTP status or None, body, stderr)."""
+    args = ["curl", "-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}",
+            "--resolve", f"localhost:{port}:127.0.0.1"]
+    if cacert:
+        args += ["--cacert", cacert]
+    if cert:
+        args += ["--cert", cert, "--key", key]
+    args += list(extra) + [f"https://localhost:{port}{path}"]
+    p = subprocess.run(args, capture_output=True, text=True)
+    body, _, code = p.stdout.rpartition("\n")
+    status = int(code) if code.isdigit() and code != "000" else None
+    return p.returncode, status, body, p.stderr
