@@ -1,5 +1,6 @@
 #include "portcullis/app/cli.hpp"
 
+#include "portcullis/app/check_cert.hpp"
 #include "portcullis/app/demo.hpp"
 #include "portcullis/app/gateway.hpp"
 #include "portcullis/config/config.hpp"
@@ -22,6 +23,8 @@ constexpr const char* usage = R"(usage:
   portcullis --config FILE                 run the gateway
   portcullis --check-config --config FILE  validate FILE (and its certificates), print warnings
   portcullis demo [--dir DIR] [--port N] [--admin-port N] [--upstream-port N]
+  portcullis check-cert --config FILE --cert CERT.pem [--chain FILE] [--listener NAME]
+             [--at UNIX_TIME] [--crl FILE]... [--host HOST] [--path PATH] [--offline]
   portcullis echo-upstream --listen HOST:PORT [--threads N]
   portcullis --version
 )";
@@ -86,6 +89,34 @@ int demo_command(const std::vector<std::string>& args) {
   return run_demo(demo);
 }
 
+int check_cert_command(const std::vector<std::string>& args) {
+  po::options_description options("check-cert options");
+  options.add_options()("config,c", po::value<std::string>()->required(), "configuration file")(
+      "cert", po::value<std::string>()->required(),
+      "client certificate (PEM, may include its chain)")("chain", po::value<std::string>(),
+                                                         "intermediates (PEM)")(
+      "listener", po::value<std::string>(), "listener name (default: the first)")(
+      "at", po::value<long long>(), "evaluate at this Unix time")(
+      "crl", po::value<std::vector<std::string>>()->composing(), "extra CRL file (repeatable)")(
+      "host", po::value<std::string>(), "request host, to check the route's rules")(
+      "path", po::value<std::string>(), "request path, to check the route's rules")(
+      "offline", "do not fetch CRL URLs");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  po::notify(vm);
+  CheckCertOptions o;
+  o.config = vm["config"].as<std::string>();
+  o.cert = vm["cert"].as<std::string>();
+  if (vm.count("chain")) o.chain = vm["chain"].as<std::string>();
+  if (vm.count("listener")) o.listener = vm["listener"].as<std::string>();
+  if (vm.count("at")) o.at = vm["at"].as<long long>();
+  if (vm.count("crl")) o.crls = vm["crl"].as<std::vector<std::string>>();
+  if (vm.count("host")) o.host = vm["host"].as<std::string>();
+  if (vm.count("path")) o.path = vm["path"].as<std::string>();
+  o.offline = vm.count("offline") > 0;
+  return check_cert(o);
+}
+
 int echo_command(const std::vector<std::string>& args) {
   po::options_description options("echo-upstream options");
   options.add_options()("listen", po::value<std::string>()->required(), "HOST:PORT")(
@@ -102,6 +133,9 @@ int main_entry(int argc, char** argv) {
   try {
     if (argc >= 2 && std::string_view(argv[1]) == "demo") {
       return demo_command(std::vector<std::string>(argv + 2, argv + argc));
+    }
+    if (argc >= 2 && std::string_view(argv[1]) == "check-cert") {
+      return check_cert_command(std::vector<std::string>(argv + 2, argv + argc));
     }
     if (argc >= 2 && std::string_view(argv[1]) == "echo-upstream") {
       return echo_command(std::vector<std::string>(argv + 2, argv + argc));

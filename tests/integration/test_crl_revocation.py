@@ -3,13 +3,20 @@ real gateway enforces them, curl and Python's ssl module are the clients."""
 
 import os
 import shutil
+import subprocess
 import socket
 import ssl
 import tempfile
 import unittest
 
 from crl_fixtures import CertificateAuthority, CrlServer
-from gateway_fixture import EchoUpstream, Gateway, curl, http_post, wait_for
+from gateway_fixture import BIN, EchoUpstream, Gateway, curl, http_post, wait_for
+
+
+def check_cert(gateway, client):
+    p = subprocess.run([BIN, "check-cert", "--config", gateway.config, "--cert", client["chain"]],
+                       capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
 
 
 class Pki:
@@ -129,6 +136,16 @@ class CrlEnforcement(unittest.TestCase):
 
     def test_revoked_intermediate_refuses_its_leaves(self):
         self.assert_refused(self.under_revoked_ca, "revoked")
+
+    def test_check_cert_agrees_with_the_handshake(self):
+        for client, admitted in ((self.good, True), (self.revoked, False), (self.under_revoked_ca, False)):
+            with self.subTest(client["cert"]):
+                code, out = check_cert(self.gateway, client)
+                handshake = self.request(client)[1] == 200
+                self.assertEqual(handshake, admitted)
+                self.assertEqual(code, 0 if admitted else 1, out)
+                if not admitted:
+                    self.assertIn("verdict:     refused (revoked)", out)
 
     def test_status_lists_every_source(self):
         source = crl_source_status(self.gateway, self.inter_url)
@@ -301,6 +318,9 @@ class PolicyWithoutCrl(unittest.TestCase):
             self.assertIsNone(status)
             self.assertEqual(self.upstream.requests(), before)
             self.assertGreater(gw.metric('portcullis_handshakes_total{result="revocation_unknown"}'), 0)
+            code, out = check_cert(gw, self.good)
+            self.assertEqual(code, 1, out)
+            self.assertIn("revocation_unknown", out)
         finally:
             gw.stop()
 
@@ -309,6 +329,8 @@ class PolicyWithoutCrl(unittest.TestCase):
         try:
             code, status, _, err = curl(gw.port, self.good["chain"], self.good["key"], self.pki.root.cert)
             self.assertEqual(status, 200, err)
+            code, out = check_cert(gw, self.good)
+            self.assertEqual(code, 0, out)
         finally:
             gw.stop()
 
