@@ -257,7 +257,9 @@ TEST_CASE("truststore load errors name the file", "[truststore]") {
           Contains(fmt::format("line {}: PEM block 'CERTIFICATE' has no END line", lines_before)));
 }
 
-TEST_CASE("a 2000-CA truststore loads quickly", "[truststore]") {
+// Load time at this size is a benchmark figure (bench/), not a unit-test assertion: a shared CI
+// machine cannot time it reliably.
+TEST_CASE("a 2000-CA truststore loads and is classified", "[truststore]") {
   TempDir dir;
   const auto root = issue_certificate(ca_spec("Bulk Root"), nullptr);
   std::string pem = to_pem(root.cert.get());
@@ -267,13 +269,9 @@ TEST_CASE("a 2000-CA truststore loads quickly", "[truststore]") {
   }
   write_file(dir / "bulk.pem", pem);
 
-  const auto start = std::chrono::steady_clock::now();
   const auto trust = Truststore::load(dir / "bulk.pem");
-  const auto elapsed = std::chrono::steady_clock::now() - start;
-  INFO("load took " << std::chrono::duration<double>(elapsed).count() << " s");
   CHECK(trust->summary().certificates == 2000);
   CHECK(trust->summary().roots == 1);
   CHECK(trust->summary().intermediates == 1999);
   CHECK(trust->summary().warnings.empty());
-  CHECK(elapsed < std::chrono::milliseconds(1000));
 }
