@@ -230,7 +230,10 @@ ParsedCrl parse_crl(std::string_view bytes) {
     crl.next_update = parse_time(body.next());
   }
   if (!body.at_end() && body.peek_tag() == tag_sequence) {
-    DerReader entries(body.next());
+    const auto list = body.next();
+    // ~37 bytes per entry (16-byte serial, UTCTime): one allocation instead of ~20 doublings.
+    crl.revoked.reserve(list.length / 32);
+    DerReader entries(list);
     while (!entries.at_end()) {
       DerReader entry(entries.expect(tag_sequence, "revokedCertificate"));
       const auto serial = entry.expect(tag_integer, "userCertificate");
