@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev libboost-url1.81-dev
-  libssl-dev openssl libyaml-cpp-dev libspdlog-dev catch2
+  libssl-dev openssl libyaml-cpp-dev libspdlog-dev catch2 libsystemd-dev
   curl python3 ca-certificates procps
 )
 

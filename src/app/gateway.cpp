@@ -1,6 +1,7 @@
 #include "portcullis/app/gateway.hpp"
 
 #include "portcullis/admin/admin_server.hpp"
+#include "portcullis/app/service_notify.hpp"
 #include "portcullis/proxy/listener.hpp"
 #include "portcullis/proxy/services.hpp"
 #include "portcullis/proxy/snapshot.hpp"
@@ -167,6 +168,16 @@ std::string Gateway::Impl::status_json() const {
 // itself (names and addresses) cannot change without a restart.
 admin::Response Gateway::Impl::reload() {
   const auto old = current();
+  notify_reloading();
+  // Whatever the outcome, the service manager hears that the gateway serves again.
+  struct ReadyAgain {
+    const Impl& impl;
+    ~ReadyAgain() {
+      notify_ready(impl.last_reload_error.empty()
+                       ? "serving"
+                       : "serving; last reload failed: " + impl.last_reload_error);
+    }
+  } ready_again{*this};
   try {
     auto loaded = config::load_config(old->config->source);
     const auto& next = loaded.config.listeners;
@@ -200,6 +211,7 @@ void Gateway::Impl::begin_shutdown(std::string_view why) {
   if (stopping) return;
   stopping = true;
   ready = false;
+  notify_stopping();
   spdlog::info("shutting down ({}): no new connections, finishing requests in flight", why);
   services.draining = true;
   for (auto& l : listeners) l->stop();
@@ -308,6 +320,7 @@ int Gateway::run(std::function<void()> on_ready) {
   spdlog::info("admin on {}",
                config::HostPort{cfg.admin.address.host, s.admin->port()}.to_string());
   if (on_ready) on_ready();
+  notify_ready(fmt::format("serving on {}", s.listeners.front()->address()));
 
   s.control.run();
   for (auto& w : s.workers) w->stop();

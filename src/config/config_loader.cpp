@@ -304,6 +304,11 @@ class Loader {
   void path(const YAML::Node& parent, const std::string& p, std::string_view key, fs::path& out,
             bool required, bool must_exist) {
     if (auto v = scalar(parent, p, key, required)) {
+      if (v->empty()) {
+        // An empty string means "not set", never the config file's directory.
+        if (required) error(parent[std::string(key)], join(p, key), "must not be empty");
+        return;
+      }
       out = fs::path(*v).is_absolute() ? fs::path(*v) : (base_ / *v).lexically_normal();
       if (!must_exist) return;
       std::error_code ec;
@@ -461,7 +466,8 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
     l.error(node, p + ".tls", "required key is missing");
   } else if (l.map(tls, p + ".tls",
                    {"certificate", "private_key", "min_version", "groups", "ciphers",
-                    "ciphersuites", "handshake_timeout"})) {
+                    "ciphersuites", "handshake_timeout", "session_tickets", "session_ticket_keys",
+                    "session_lifetime"})) {
     const auto t = p + ".tls";
     l.path(tls, t, "certificate", listener.tls.certificate, true, true);
     l.path(tls, t, "private_key", listener.tls.private_key, true, true);
@@ -483,6 +489,9 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
     l.string(tls, t, "ciphers", listener.tls.ciphers);
     l.string(tls, t, "ciphersuites", listener.tls.ciphersuites);
     l.duration(tls, t, "handshake_timeout", listener.tls.handshake_timeout);
+    l.boolean(tls, t, "session_tickets", listener.tls.session_tickets);
+    l.path(tls, t, "session_ticket_keys", listener.tls.session_ticket_keys, false, true);
+    l.duration(tls, t, "session_lifetime", listener.tls.session_lifetime);
   }
 
   const auto auth = node["client_auth"];

@@ -1,5 +1,7 @@
 #include "portcullis/tls/server_context.hpp"
 
+#include "portcullis/tls/session_tickets.hpp"
+
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -314,6 +316,20 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
     throw_openssl_error(where + "cannot set the session id context");
   }
   SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_SERVER);
+  const auto lifetime =
+      std::chrono::duration_cast<std::chrono::seconds>(listener.tls.session_lifetime).count();
+  SSL_CTX_set_timeout(ctx.get(), static_cast<long>(std::max<long long>(1, lifetime)));
+  if (!listener.tls.session_tickets) {
+    SSL_CTX_set_options(ctx.get(), SSL_OP_NO_TICKET);
+  } else if (!listener.tls.session_ticket_keys.empty()) {
+    // Replicas sharing this file resume each other's sessions; without it every process (and
+    // every reload) has a random key of its own.
+    try {
+      use_ticket_keys(ctx.get(), TicketKeys::load(listener.tls.session_ticket_keys));
+    } catch (const TlsError& e) {
+      throw TlsError(fmt::format("{}tls.session_ticket_keys: {}", where, e.what()));
+    }
+  }
   return ctx;
 }
 

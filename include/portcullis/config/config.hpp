@@ -30,6 +30,9 @@ struct ServerTls {
   std::string ciphers;                // TLS 1.2 cipher list; empty = built-in strong default
   std::string ciphersuites;           // TLS 1.3 suites; empty = OpenSSL's default
   Duration handshake_timeout{std::chrono::seconds(10)};
+  bool session_tickets = true;                // stateless resumption (tickets) on or off
+  std::filesystem::path session_ticket_keys;  // shared key file; empty = a random key per start
+  Duration session_lifetime{std::chrono::minutes(5)};  // tickets and cached sessions
 };
 
 struct ClientAuth {
