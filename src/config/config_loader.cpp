@@ -30,6 +30,17 @@ std::string Diagnostic::to_string() const {
   return out + message;
 }
 
+int Config::line_of(std::string_view key) const {
+  // "listeners[0].tls.groups" → itself, else "listeners[0].tls", "listeners[0]", "listeners".
+  for (std::string k(key); !k.empty();) {
+    if (const auto it = key_lines.find(k); it != key_lines.end()) return it->second;
+    const auto cut = k.find_last_of(".[");
+    if (cut == std::string::npos) break;
+    k.resize(cut);
+  }
+  return 0;
+}
+
 namespace {
 
 std::string join_diagnostics(const std::vector<Diagnostic>& errors) {
@@ -161,6 +172,7 @@ class Loader {
 
   std::vector<Diagnostic> errors;
   std::vector<Diagnostic> warnings;
+  std::map<std::string, int> key_lines;
 
   void error(const YAML::Node& node, const std::string& key, std::string message) {
     errors.push_back(Diagnostic{file_, line_of(node), key, std::move(message)});
@@ -184,6 +196,8 @@ class Loader {
     }
     for (const auto& entry : node) {
       const auto key = entry.first.as<std::string>("");
+      const auto where = path.empty() ? key : path + "." + key;
+      key_lines[where] = line_of(entry.first);
       if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
       std::string suggestion;
       for (auto candidate : allowed) {
@@ -192,7 +206,6 @@ class Loader {
           break;
         }
       }
-      const auto where = path.empty() ? key : path + "." + key;
       std::string valid;
       for (auto candidate : allowed) valid += (valid.empty() ? "" : ", ") + std::string(candidate);
       error(entry.first, where,
@@ -730,6 +743,7 @@ LoadResult parse_config(std::string_view yaml, const fs::path& file) {
     throw ConfigError(std::move(l.errors));
   }
   result.warnings = std::move(l.warnings);
+  cfg.key_lines = std::move(l.key_lines);
   return result;
 }
 

@@ -19,6 +19,24 @@ std::string session_context(const config::Listener& listener, const tls::Trustst
                      revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
 }
 
+// Failures found while loading a listener's files are reported like validation errors, with
+// the file, line and key path. TLS errors start with the key ("listeners[0].tls.groups: ...").
+[[noreturn]] void throw_located(const config::Config& config, const std::string& listener_key,
+                                std::string_view key_hint, std::string_view message) {
+  std::string key(key_hint);
+  if (key.empty()) {
+    key = listener_key;
+    const auto colon = message.find(": ");
+    if (message.substr(0, listener_key.size() + 1) == listener_key + "." &&
+        colon != std::string_view::npos) {
+      key = std::string(message.substr(0, colon));
+      message.remove_prefix(colon + 2);
+    }
+  }
+  throw config::ConfigError(
+      {config::Diagnostic{config.source.string(), config.line_of(key), key, std::string(message)}});
+}
+
 }  // namespace
 
 std::shared_ptr<const Snapshot> build_snapshot(
@@ -31,23 +49,27 @@ std::shared_ptr<const Snapshot> build_snapshot(
 
   for (std::size_t i = 0; i < config->listeners.size(); ++i) {
     const auto& listener = config->listeners[i];
+    const auto key = fmt::format("listeners[{}]", i);
     auto context = std::make_unique<ListenerContext>();
     context->config = &listener;
     try {
       context->truststore = tls::Truststore::load(listener.client_auth.truststore);
     } catch (const std::exception& e) {
-      throw std::runtime_error(
-          fmt::format("listeners[{}].client_auth.truststore: {}", i, e.what()));
+      throw_located(*config, key, key + ".client_auth.truststore", e.what());
     }
     tls::ServerContextOptions options;
     options.listener = &listener;
-    options.config_key = fmt::format("listeners[{}]", i);
+    options.config_key = key;
     options.truststore = context->truststore;
     options.revocation = snapshot->revocation;
     options.session_id_context =
         session_context(listener, *context->truststore, config->revocation);
-    auto native = tls::build_server_context(options);
-    context->ssl = std::make_unique<boost::asio::ssl::context>(native.release());
+    try {
+      auto native = tls::build_server_context(options);
+      context->ssl = std::make_unique<boost::asio::ssl::context>(native.release());
+    } catch (const tls::TlsError& e) {
+      throw_located(*config, key, "", e.what());
+    }
     snapshot->listeners.push_back(std::move(context));
   }
   return snapshot;

@@ -132,6 +132,11 @@ struct Config {
   Admin admin;
   Logging logging;
   Runtime runtime;
+  // Where each key was written ("listeners[0].tls.private_key" → 6), so that errors found
+  // later (a truststore or key that does not load) can still point at the line.
+  std::map<std::string, int> key_lines;
+  // The line of `key`, or of its closest enclosing key; 0 when unknown.
+  int line_of(std::string_view key) const;
 };
 
 // "portcullis.yaml:14: listeners[0].client_auth.truststore: file not found: /etc/..."

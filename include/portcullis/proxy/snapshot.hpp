@@ -30,9 +30,9 @@ struct Snapshot {
   std::vector<std::unique_ptr<ListenerContext>> listeners;  // same order as config->listeners
 };
 
-// Loads truststores, builds TLS contexts and the revocation checker. Throws (tls::TlsError,
-// std::runtime_error) with a message naming the listener and file on any failure: a snapshot
-// that cannot enforce client authentication is never built.
+// Loads truststores, builds TLS contexts and the revocation checker. Throws config::ConfigError
+// naming the config file, line and key (and the file that failed to load) on any failure: a
+// snapshot that cannot enforce client authentication is never built.
 // `revocation` is the process's checker (null when revocation is off); it outlives snapshots.
 std::shared_ptr<const Snapshot> build_snapshot(
     config::LoadResult loaded, std::shared_ptr<const revocation::Checker> revocation);
