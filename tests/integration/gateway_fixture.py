@@ -71,25 +71,32 @@ class Gateway:
     """portcullis with a generated config. `extra` is YAML appended at the top level."""
 
     def __init__(self, server_chain, server_key, truststore, upstream_port, extra="", wait_ready=True,
-                 listener_extra=""):
+                 listener_extra="", tls_extra="", routes=None, upstreams=None,
+                 log_level="debug", access_log="off", shutdown_grace="5s"):
+        """`tls_extra` is appended inside the listener's tls map (", min_version: ..."), `routes`
+        and `upstreams` replace the single catch-all route to the upstream `app`."""
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="portcullis-gw-")
         self.config = os.path.join(self.dir, "portcullis.yaml")
+        if routes is None:
+            routes = """      - match: { host: "*", path_prefix: / }
+        upstream: app
+"""
+        if upstreams is None:
+            upstreams = f"""  app: {{ endpoints: ["127.0.0.1:{upstream_port}"], connect_timeout: 2s, response_timeout: 5s }}
+"""
         with open(self.config, "w") as f:
             f.write(f"""listeners:
   - name: public
     address: 127.0.0.1:{self.port}
-    tls: {{ certificate: {server_chain}, private_key: {server_key}, handshake_timeout: 5s }}
+    tls: {{ certificate: {server_chain}, private_key: {server_key}, handshake_timeout: 5s{tls_extra} }}
     client_auth: {{ truststore: {truststore}, max_chain_depth: 4 }}
 {listener_extra}    routes:
-      - match: {{ host: "*", path_prefix: / }}
-        upstream: app
-upstreams:
-  app: {{ endpoints: ["127.0.0.1:{upstream_port}"], connect_timeout: 2s, response_timeout: 5s }}
-admin: {{ address: 127.0.0.1:{self.admin_port} }}
-logging: {{ level: debug, access_log: off }}
-runtime: {{ io_threads: 2, shutdown_grace: 5s }}
+{routes}upstreams:
+{upstreams}admin: {{ address: 127.0.0.1:{self.admin_port} }}
+logging: {{ level: {log_level}, access_log: {access_log} }}
+runtime: {{ io_threads: 2, shutdown_grace: {shutdown_grace} }}
 {extra}""")
         self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
         self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,
@@ -119,6 +126,7 @@ runtime: {{ io_threads: 2, shutdown_grace: 5s }}
         return self.log.read()
 
     def stop(self):
+        """SIGTERM, then the exit code (killed after 15 s, which a test may then assert on)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -126,7 +134,9 @@ runtime: {{ io_threads: 2, shutdown_grace: 5s }}
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
+        return self.proc.returncode
 
 
 def curl(port, cert=None, key=None, cacert=None, path="/", extra=()):
