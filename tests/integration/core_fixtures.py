@@ -322,6 +322,41 @@ class SilentUpstream:
         self.sock.close()
 
 
+class RecordingUpstream:
+    """Answers each request 200 after recording its raw bytes up to the end of a chunked body:
+    what the gateway really sent, trailers included, which the echo upstream cannot show."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.received = []
+        self.thread = threading.Thread(target=self._serve_one, daemon=True)
+        self.thread.start()
+
+    def _serve_one(self):
+        self.sock.settimeout(20)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while not (b"\r\n0\r\n" in data and data.endswith(b"\r\n\r\n")):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            self.received.append(data)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def stop(self):
+        self.thread.join(20)
+        self.sock.close()
+
+
 def closed_port():
     """A 127.0.0.1 port nothing listens on (bound, never listened, then released)."""
     with socket.socket() as s:

@@ -19,9 +19,10 @@ import time
 import unittest
 import urllib.parse
 
-from core_fixtures import (CorePki, SilentUpstream, TlsConnection, client_context, closed_port,
-                           connection_refused, der_of, expected_identity, get, header_values,
-                           memory_kib, one_header, parse_metrics, pem_of, run, sha256_of_pattern)
+from core_fixtures import (CorePki, RecordingUpstream, SilentUpstream, TlsConnection, client_context,
+                           closed_port, connection_refused, der_of, expected_identity, get,
+                           header_values, memory_kib, one_header, parse_metrics, pem_of,
+                           sha256_of_pattern)
 from gateway_fixture import BIN, EchoUpstream, Gateway, curl, free_port, wait_for
 
 PKI = None
@@ -252,6 +253,26 @@ class VerifiedClients(unittest.TestCase):
                     self.assertEqual(status, 200)
                     self.assertEqual(header_values(json.loads(body), "X-Client-Cert-Subject"),
                                      [expected_identity(PKI.good["cert"])["X-Client-Cert-Subject"]])
+
+
+class TrailerForgery(unittest.TestCase):
+    def test_identity_header_sent_as_chunked_trailer_never_reaches_the_upstream(self):
+        upstream = RecordingUpstream()
+        self.addCleanup(upstream.stop)
+        gateway = Gateway(PKI.server["chain"], PKI.server["key"], PKI.truststore, upstream.port)
+        self.addCleanup(gateway.stop)
+        with TlsConnection(gateway.port, client_context(PKI, PKI.good)) as conn:
+            status, _, body = conn.request(
+                b"POST /trailer HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+                b"Trailer: X-Client-Cert-Subject\r\n\r\n3\r\nabc\r\n0\r\n"
+                b"X-Client-Cert-Subject: CN=forged\r\nx_client_cert_serial: forged\r\n\r\n")
+        self.assertEqual((status, body), (200, b"ok"))
+        upstream.stop()
+        self.assertEqual(len(upstream.received), 1)
+        sent = upstream.received[0].decode("latin-1")
+        self.assertNotIn("forged", sent)
+        self.assertEqual(sent.count("\r\nX-Client-Cert-Subject: "), 1)
+        self.assertTrue(sent.endswith("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), sent[-40:])
 
 
 class IdentityPresets(unittest.TestCase):
