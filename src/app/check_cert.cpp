@@ -125,6 +125,12 @@ int check_cert(const CheckCertOptions& o) {
       auto checker = std::make_shared<revocation::CrlChecker>(
           checker_settings.on_unknown, checker_settings.crl.stale_grace, [when] { return when; });
       revocation::CrlRefresher refresher(checker_settings, {trust}, checker);
+      // As the gateway discovers them in handshakes: the CRL Distribution Points of the chain.
+      if (checker_settings.crl.discover) {
+        for (int depth = 0; depth + 1 < sk_X509_num(chain); ++depth) {
+          refresher.discover(sk_X509_value(chain, depth), sk_X509_value(chain, depth + 1));
+        }
+      }
       refresher.start();
       // One attempt at every source, bounded.
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(45);
@@ -153,13 +159,15 @@ int check_cert(const CheckCertOptions& o) {
                              : raw.status == revocation::Status::revoked ? "REVOKED"
                                                                          : "unknown";
         std::cout << "revocation:  depth " << depth << " " << tls::subject_of(cert) << ": "
-                  << status
-                  << (raw.reason.empty() || raw.status == revocation::Status::revoked
-                          ? ""
-                          : " (" + raw.reason + ")");
+                  << status;
+        if (!raw.reason.empty() && raw.status != revocation::Status::revoked) {
+          std::cout << " (" << raw.reason << ")";
+        }
         if (raw.status == revocation::Status::unknown) {
+          const auto policy = checker->on_unknown_for(sk_X509_value(chain, depth + 1));
           std::cout << ", policy on_unknown="
-                    << (checker_settings.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
+                    << (policy == config::OnUnknown::deny ? "deny" : "allow")
+                    << (policy == checker_settings.on_unknown ? "" : " (issuer rule)");
         }
         std::cout << "\n";
         if (decided.status != revocation::Status::good) {

@@ -62,14 +62,11 @@ json::array warnings_json(const std::vector<std::string>& warnings) {
 
 }  // namespace
 
-// Not ready while fail-closed revocation has no verified CRL for every source: admitting
-// clients then would mean refusing them all, or worse with fail-open.
+// Not ready while a fail-closed issuer (globally or by its own policy) has no usable CRL:
+// admitting clients then would mean refusing them all.
 bool Gateway::Impl::is_ready() const {
   if (!ready.load()) return false;
-  if (refresher && current()->config->revocation.on_unknown == config::OnUnknown::deny) {
-    return refresher->all_loaded();
-  }
-  return true;
+  return !refresher || refresher->ready();
 }
 
 std::string Gateway::Impl::status_json() const {
@@ -137,6 +134,7 @@ std::string Gateway::Impl::status_json() const {
       o["source"] = src.source;
       o["issuer"] = src.issuer;
       o["loaded"] = src.loaded;
+      o["discovered"] = src.discovered;
       o["entries"] = src.entries;
       o["crl_number"] = src.crl_number;
       o["this_update"] = when(src.this_update);

@@ -571,8 +571,161 @@ void load_upstream(Loader& l, const YAML::Node& node, const std::string& p, Upst
   l.integer(node, p, "max_idle_connections", upstream.max_idle_connections, 0, 100000);
 }
 
+// Attribute types are case-insensitive (RFC 4514 §3); rewrites `type` in the spelling OpenSSL
+// knows. False when it is neither a known name nor a dotted OID.
+bool canonical_attribute_type(std::string& type) {
+  static constexpr std::string_view known[] = {"CN",
+                                               "C",
+                                               "L",
+                                               "ST",
+                                               "O",
+                                               "OU",
+                                               "STREET",
+                                               "DC",
+                                               "UID",
+                                               "SN",
+                                               "GN",
+                                               "serialNumber",
+                                               "emailAddress",
+                                               "title",
+                                               "initials",
+                                               "pseudonym",
+                                               "generationQualifier",
+                                               "dnQualifier",
+                                               "name",
+                                               "description",
+                                               "postalCode",
+                                               "businessCategory",
+                                               "organizationIdentifier",
+                                               "commonName",
+                                               "countryName",
+                                               "localityName",
+                                               "stateOrProvinceName",
+                                               "organizationName",
+                                               "organizationalUnitName",
+                                               "domainComponent",
+                                               "userId",
+                                               "streetAddress",
+                                               "givenName",
+                                               "surname"};
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  for (const auto name : known) {
+    if (name.size() == type.size() &&
+        std::equal(name.begin(), name.end(), type.begin(),
+                   [&](char a, char b) { return lower(a) == lower(b); })) {
+      type = std::string(name);
+      return true;
+    }
+  }
+  const bool oid = !type.empty() && type.front() != '.' && type.back() != '.' &&
+                   type.find('.') != std::string::npos && type.find("..") == std::string::npos &&
+                   type.find_first_not_of("0123456789.") == std::string::npos;
+  return oid;
+}
+
+// RFC 4514 text ("CN=Private Root,O=Example") as (type, value) pairs in the order written.
+// Returns an error message, or "" when the text parses.
+std::string parse_rfc4514(std::string_view text,
+                          std::vector<std::pair<std::string, std::string>>& out) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && text[i] == ' ') ++i;
+    const auto eq = text.find('=', i);
+    if (eq == std::string_view::npos) {
+      return fmt::format("'{}' is not an RFC 4514 name: expected TYPE=value", text.substr(i));
+    }
+    std::string type(text.substr(i, eq - i));
+    while (!type.empty() && type.back() == ' ') type.pop_back();
+    if (!canonical_attribute_type(type)) {
+      return fmt::format(
+          "'{}' is not an attribute type (use CN, O, OU, C, L, ST, DC, emailAddress, ... or a "
+          "dotted OID)",
+          type);
+    }
+    std::string value;
+    std::size_t keep = 0;  // length of value without trailing unescaped spaces
+    for (i = eq + 1; i < text.size() && text[i] != ','; ++i) {
+      const char c = text[i];
+      if (c == '+') {
+        return "multi-valued RDNs ('+') are not supported here; name the CA by sha256 instead";
+      }
+      if (c == '\\') {
+        if (i + 1 >= text.size()) return "the name ends with an unfinished '\\' escape";
+        if (i + 2 < text.size() && hex(text[i + 1]) >= 0 && hex(text[i + 2]) >= 0) {
+          value += static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2]));
+          i += 2;
+        } else {
+          value += text[++i];
+        }
+        keep = value.size();
+        continue;
+      }
+      if (c == ' ' && value.empty()) continue;
+      value += c;
+      if (c != ' ') keep = value.size();
+    }
+    value.resize(keep);
+    if (value.empty()) return fmt::format("attribute {} has an empty value", type);
+    out.emplace_back(std::move(type), std::move(value));
+    if (i < text.size()) ++i;  // the ','
+  }
+  if (out.empty()) return "the name is empty";
+  return "";
+}
+
+void load_issuer_policies(Loader& l, const YAML::Node& issuers, Revocation& r) {
+  if (!issuers.IsSequence()) {
+    l.error(issuers, "revocation.issuers",
+            "expected a list of { subject: ..., on_unknown: ... } or { sha256: ..., on_unknown: "
+            "... }");
+    return;
+  }
+  for (std::size_t i = 0; i < issuers.size(); ++i) {
+    const auto key = fmt::format("revocation.issuers[{}]", i);
+    const auto& node = issuers[i];
+    if (!l.map(node, key, {"subject", "sha256", "on_unknown"})) continue;
+    IssuerPolicy policy;
+    policy.file = l.file();
+    policy.line = l.line_of(node);
+    policy.key = key;
+    l.string(node, key, "subject", policy.subject);
+    l.string(node, key, "sha256", policy.sha256);
+    if (!node["on_unknown"].IsDefined()) {
+      l.error(node, key + ".on_unknown", "required key is missing");
+    }
+    l.choice(node, key, "on_unknown", policy.on_unknown,
+             {{"deny", OnUnknown::deny}, {"allow", OnUnknown::allow}});
+    if (policy.subject.empty() == policy.sha256.empty()) {
+      l.error(node, key, "needs exactly one of subject or sha256");
+    } else if (!policy.subject.empty()) {
+      if (auto problem = parse_rfc4514(policy.subject, policy.subject_rdns); !problem.empty()) {
+        l.error(node["subject"], key + ".subject", problem);
+      }
+    } else {
+      std::string hex;
+      for (char c : policy.sha256) {
+        if (c == ':') continue;
+        hex += c >= 'A' && c <= 'F' ? static_cast<char>(c - 'A' + 'a') : c;
+      }
+      if (hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string::npos) {
+        l.error(node["sha256"], key + ".sha256",
+                fmt::format("'{}' is not a SHA-256 fingerprint (64 hex digits, colons allowed)",
+                            policy.sha256));
+      }
+      policy.sha256 = hex;
+    }
+    r.issuers.push_back(std::move(policy));
+  }
+}
+
 void load_revocation(Loader& l, const YAML::Node& node, Revocation& r) {
-  if (!l.map(node, "revocation", {"mode", "on_unknown", "crl"})) return;
+  if (!l.map(node, "revocation", {"mode", "on_unknown", "issuers", "crl"})) return;
   l.choice(node, "revocation", "mode", r.mode,
            {{"none", RevocationMode::none},
             {"crl", RevocationMode::crl},
@@ -581,10 +734,14 @@ void load_revocation(Loader& l, const YAML::Node& node, Revocation& r) {
             {"crl_then_ocsp", RevocationMode::crl_then_ocsp}});
   l.choice(node, "revocation", "on_unknown", r.on_unknown,
            {{"deny", OnUnknown::deny}, {"allow", OnUnknown::allow}});
+  if (const auto issuers = node["issuers"]; issuers.IsDefined() && !issuers.IsNull()) {
+    load_issuer_policies(l, issuers, r);
+  }
   const auto crl = node["crl"];
   if (!crl.IsDefined()) return;
   if (!l.map(crl, "revocation.crl",
-             {"sources", "discover", "refresh_interval", "stale_grace", "cache_dir"}))
+             {"sources", "discover", "refresh_interval", "stale_grace", "cache_dir",
+              "fetch_timeout", "max_size", "https_ca"}))
     return;
   if (const auto sources = crl["sources"]; sources.IsDefined()) {
     if (!sources.IsSequence()) {
@@ -611,7 +768,16 @@ void load_revocation(Loader& l, const YAML::Node& node, Revocation& r) {
   l.boolean(crl, "revocation.crl", "discover", r.crl.discover);
   l.duration(crl, "revocation.crl", "refresh_interval", r.crl.refresh_interval);
   l.duration(crl, "revocation.crl", "stale_grace", r.crl.stale_grace);
-  l.path(crl, "revocation.crl", "cache_dir", r.crl.cache_dir, false, false);
+  // An empty string means "none" (as the example config writes it), not the config's directory.
+  auto empty = [&](const char* key) {
+    const auto value = crl[key];
+    return value.IsDefined() && value.IsScalar() && value.Scalar().empty();
+  };
+  if (!empty("cache_dir"))
+    l.path(crl, "revocation.crl", "cache_dir", r.crl.cache_dir, false, false);
+  l.duration(crl, "revocation.crl", "fetch_timeout", r.crl.fetch_timeout);
+  l.size(crl, "revocation.crl", "max_size", r.crl.max_size);
+  if (!empty("https_ca")) l.path(crl, "revocation.crl", "https_ca", r.crl.https_ca, false, true);
 }
 
 bool is_loopback(const std::string& host) {

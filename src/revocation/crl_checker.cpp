@@ -1,6 +1,97 @@
 #include "portcullis/revocation/crl_checker.hpp"
 
+#include "portcullis/revocation/discovery_queue.hpp"
+#include "portcullis/tls/truststore.hpp"
+
+#include <openssl/err.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <stdexcept>
+
 namespace portcullis::revocation {
+
+namespace {
+
+std::string hex(const unsigned char* data, unsigned int size) {
+  std::string out;
+  for (unsigned int i = 0; i < size; ++i) out += fmt::format("{:02x}", data[i]);
+  return out;
+}
+
+[[noreturn]] void fail(const config::IssuerPolicy& policy, std::string_view field,
+                       std::string message) {
+  throw config::ConfigError({config::Diagnostic{
+      policy.file, policy.line, policy.key + "." + std::string(field), std::move(message)}});
+}
+
+// The RFC 4514 attributes, written most significant last, as an X.509 Name.
+tls::X509NamePtr name_from_rdns(const config::IssuerPolicy& policy) {
+  tls::X509NamePtr name(X509_NAME_new());
+  if (!name) fail(policy, "subject", "out of memory");
+  for (auto it = policy.subject_rdns.rbegin(); it != policy.subject_rdns.rend(); ++it) {
+    const auto& [type, value] = *it;
+    if (X509_NAME_add_entry_by_txt(name.get(), type.c_str(), MBSTRING_UTF8,
+                                   reinterpret_cast<const unsigned char*>(value.data()),
+                                   static_cast<int>(value.size()), -1, 0) != 1) {
+      ERR_clear_error();
+      fail(policy, "subject",
+           fmt::format("'{}={}' cannot be put in an X.509 name: {}", type, value,
+                       "unknown attribute type or a value its type does not allow"));
+    }
+  }
+  // Computes the canonical encoding now, so comparisons in the verify path never have to.
+  if (i2d_X509_NAME(name.get(), nullptr) <= 0) {
+    ERR_clear_error();
+    fail(policy, "subject", "the name cannot be encoded");
+  }
+  return name;
+}
+
+}  // namespace
+
+std::vector<IssuerRule> resolve_issuer_rules(const std::vector<config::IssuerPolicy>& policies,
+                                             const std::vector<X509*>& truststore_cas) {
+  std::vector<IssuerRule> rules;
+  for (const auto& policy : policies) {
+    IssuerRule rule;
+    rule.on_unknown = policy.on_unknown;
+    bool matched = false;
+    if (!policy.subject.empty()) {
+      rule.subject = name_from_rdns(policy);
+      rule.label = "subject " + policy.subject;
+      for (X509* ca : truststore_cas) {
+        matched = matched || X509_NAME_cmp(X509_get_subject_name(ca), rule.subject.get()) == 0;
+      }
+    } else {
+      rule.label = "sha256 " + policy.sha256;
+      for (X509* ca : truststore_cas) {
+        unsigned char digest[EVP_MAX_MD_SIZE];
+        unsigned int size = 0;
+        if (X509_digest(ca, EVP_sha256(), digest, &size) != 1) continue;
+        if (hex(digest, size) != policy.sha256) continue;
+        matched = true;
+        const auto key = key_hash_of(ca);
+        if (std::find(rule.keys.begin(), rule.keys.end(), key) == rule.keys.end()) {
+          rule.keys.push_back(key);
+        }
+      }
+      if (!matched)
+        fail(policy, "sha256", "no CA certificate in the truststores has this fingerprint");
+    }
+    if (!matched) {
+      // Not an error: the CA may be an intermediate that clients send with their certificate.
+      spdlog::warn(
+          "{}:{}: {}: no CA in the truststores has the {}; the rule applies only to "
+          "intermediates that clients present",
+          policy.file, policy.line, policy.key, rule.label);
+    }
+    rules.push_back(std::move(rule));
+  }
+  return rules;
+}
 
 CrlChecker::CrlChecker(config::OnUnknown on_unknown, config::Duration stale_grace, Clock clock)
     : on_unknown_(on_unknown),
@@ -8,6 +99,14 @@ CrlChecker::CrlChecker(config::OnUnknown on_unknown, config::Duration stale_grac
       clock_(clock ? std::move(clock) : Clock([] { return std::chrono::system_clock::now(); })),
       index_(std::make_shared<const RevocationIndex>(
           std::vector<std::shared_ptr<const IssuerRevocations>>{})) {}
+
+void CrlChecker::set_issuer_rules(std::vector<IssuerRule> rules) {
+  rules_ = std::move(rules);
+}
+
+void CrlChecker::set_discovery(std::shared_ptr<DiscoveryQueue> queue) {
+  discovery_ = std::move(queue);
+}
 
 void CrlChecker::publish(std::shared_ptr<const RevocationIndex> index) noexcept {
   index_.store(std::move(index), std::memory_order_release);
@@ -18,31 +117,76 @@ std::shared_ptr<const RevocationIndex> CrlChecker::current() const noexcept {
   return index_.load(std::memory_order_acquire);
 }
 
+bool CrlChecker::usable(const std::optional<std::chrono::system_clock::time_point>& next_update,
+                        std::chrono::system_clock::time_point now) const noexcept {
+  return !next_update || now <= *next_update + stale_grace_;
+}
+
 Verdict CrlChecker::lookup(X509* cert, X509* issuer) const noexcept {
+  return lookup(cert, key_hash_of(issuer));
+}
+
+Verdict CrlChecker::lookup(X509* cert, const KeyHash& issuer_key) const noexcept {
   const auto index = current();
-  const auto* entry = index->issuer(key_hash_of(issuer));
-  if (!entry) return Verdict{Status::unknown, "no_crl_for_issuer"};
+  const auto* entry = index->issuer(issuer_key);
+  if (!entry) return Verdict{Status::unknown, reason::no_crl_for_issuer};
   // Past nextUpdate a CRL is stale but still enforced within the grace; beyond it, unusable.
-  if (entry->next_update && clock_() > *entry->next_update + stale_grace_) {
-    return Verdict{Status::unknown, "crl_expired"};
+  if (!usable(entry->next_update, clock_())) return Verdict{Status::unknown, reason::crl_expired};
+  if (RevocationIndex::lookup(*entry, cert) == RevocationIndex::Result::revoked) {
+    return Verdict{Status::revoked, reason::revoked};
   }
-  switch (index->lookup(cert, issuer)) {
-    case RevocationIndex::Result::revoked:
-      return Verdict{Status::revoked, "revoked"};
-    case RevocationIndex::Result::good:
-      return Verdict{Status::good, ""};
-    case RevocationIndex::Result::not_covered:
-      break;
+  return Verdict{Status::good, {}};
+}
+
+config::OnUnknown CrlChecker::on_unknown_for(X509* issuer) const noexcept {
+  return on_unknown_for(issuer, key_hash_of(issuer));
+}
+
+config::OnUnknown CrlChecker::on_unknown_for(X509* issuer,
+                                             const KeyHash& issuer_key) const noexcept {
+  for (const auto& rule : rules_) {
+    if (rule.subject && X509_NAME_cmp(X509_get_subject_name(issuer), rule.subject.get()) == 0) {
+      return rule.on_unknown;
+    }
+    if (std::find(rule.keys.begin(), rule.keys.end(), issuer_key) != rule.keys.end()) {
+      return rule.on_unknown;
+    }
   }
-  return Verdict{Status::unknown, "no_crl_for_issuer"};
+  return on_unknown_;
 }
 
 Verdict CrlChecker::check(X509* cert, X509* issuer) const noexcept {
-  auto verdict = lookup(cert, issuer);
-  if (verdict.status == Status::unknown && on_unknown_ == config::OnUnknown::allow) {
-    return Verdict{Status::good, "unknown_allowed:" + verdict.reason};
+  const auto key = key_hash_of(issuer);
+  auto verdict = lookup(cert, key);
+  switch (verdict.status) {
+    case Status::good:
+      return verdict;
+    case Status::revoked:
+      counters_[revoked_].fetch_add(1, std::memory_order_relaxed);
+      return verdict;
+    case Status::unknown:
+      break;
   }
+  const bool no_crl = verdict.reason == reason::no_crl_for_issuer;
+  // The refresher reads the certificate's CRL Distribution Points in the background.
+  if (no_crl && discovery_) discovery_->offer(cert, issuer, key);
+  if (on_unknown_for(issuer, key) == config::OnUnknown::allow) {
+    counters_[no_crl ? allowed_no_crl_ : allowed_expired_].fetch_add(1, std::memory_order_relaxed);
+    return Verdict{Status::good,
+                   no_crl ? reason::allowed_no_crl_for_issuer : reason::allowed_crl_expired};
+  }
+  counters_[no_crl ? denied_no_crl_ : denied_expired_].fetch_add(1, std::memory_order_relaxed);
   return verdict;
+}
+
+CrlChecker::Counters CrlChecker::counters() const noexcept {
+  Counters c;
+  c.revoked = counters_[revoked_].load(std::memory_order_relaxed);
+  c.denied_no_crl = counters_[denied_no_crl_].load(std::memory_order_relaxed);
+  c.denied_expired = counters_[denied_expired_].load(std::memory_order_relaxed);
+  c.allowed_no_crl = counters_[allowed_no_crl_].load(std::memory_order_relaxed);
+  c.allowed_expired = counters_[allowed_expired_].load(std::memory_order_relaxed);
+  return c;
 }
 
 }  // namespace portcullis::revocation

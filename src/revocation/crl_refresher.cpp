@@ -1,5 +1,7 @@
 #include "portcullis/revocation/crl_refresher.hpp"
 
+#include "portcullis/revocation/discovery_queue.hpp"
+
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <openssl/sha.h>
@@ -11,6 +13,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -19,7 +22,10 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/url/parse.hpp>
+
+#include <unistd.h>
 
 #include <fstream>
 #include <map>
@@ -31,6 +37,7 @@
 namespace portcullis::revocation {
 
 namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace fs = std::filesystem;
@@ -39,8 +46,9 @@ using SysClock = std::chrono::system_clock;
 
 namespace {
 
-constexpr std::uint64_t max_crl_bytes = 512ULL * 1024 * 1024;
 constexpr auto clock_skew = std::chrono::minutes(5);
+// Sources discovered from client certificates, at most: each costs a fetch per refresh.
+constexpr std::size_t max_discovered_sources = DiscoveryQueue::capacity;
 
 struct FetchResult {
   enum class Kind { ok, not_modified, failed } kind = Kind::failed;
@@ -69,9 +77,70 @@ std::string rfc3339(SysClock::time_point t) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(SysClock::to_time_t(t)));
 }
 
-// One GET with conditional headers, a size cap, timeouts and a small redirect budget.
-net::awaitable<FetchResult> fetch_http(std::string url, std::string etag,
-                                       std::string last_modified) {
+struct FetchLimits {
+  std::chrono::steady_clock::time_point deadline;
+  std::uint64_t max_size = 0;
+  ssl::context* tls = nullptr;  // for https:// URLs
+};
+
+bool is_crl_url(std::string_view url) {
+  return url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
+}
+
+// One request and its response on a connected stream (plain or TLS). Sets `location` for a
+// redirect.
+template <typename Stream>
+net::awaitable<FetchResult> exchange(Stream& stream, http::request<http::empty_body>& req,
+                                     const std::string& url, const FetchLimits& limits,
+                                     std::string& location) {
+  FetchResult result;
+  auto& tcp_layer = beast::get_lowest_layer(stream);
+  tcp_layer.expires_at(limits.deadline);
+  auto [wec, wn] = co_await http::async_write(stream, req, net::as_tuple(net::use_awaitable));
+  if (wec) {
+    result.error = "request failed: " + wec.message();
+    co_return result;
+  }
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(limits.max_size);
+  tcp_layer.expires_at(limits.deadline);
+  auto [hec, hn] =
+      co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+  if (hec) {
+    result.error = hec == http::error::body_limit
+                       ? fmt::format("response larger than {} bytes", limits.max_size)
+                   : hec == beast::error::timeout ? "no complete response within the fetch timeout"
+                                                  : "response failed: " + hec.message();
+    co_return result;
+  }
+  auto& res = parser.get();
+  const auto status = res.result_int();
+  if (status == 304) {
+    result.kind = FetchResult::Kind::not_modified;
+    co_return result;
+  }
+  if (status == 301 || status == 302 || status == 303 || status == 307 || status == 308) {
+    location = std::string(res[http::field::location]);
+    if (location.empty()) result.error = fmt::format("HTTP {} without a Location", status);
+    co_return result;
+  }
+  if (status != 200) {
+    result.error = fmt::format("HTTP {} from {}", status, url);
+    co_return result;
+  }
+  result.kind = FetchResult::Kind::ok;
+  result.etag = std::string(res[http::field::etag]);
+  result.last_modified = std::string(res[http::field::last_modified]);
+  result.body = std::move(res.body());
+  co_return result;
+}
+
+// One GET with conditional headers, a size cap, a deadline for the whole fetch (redirects
+// included) and a small redirect budget. https:// verifies the server against the configured
+// CAs, by host name or IP address, and sends SNI for names.
+net::awaitable<FetchResult> fetch_http(std::string url, std::string etag, std::string last_modified,
+                                       FetchLimits limits) {
   FetchResult result;
   for (int redirects = 0; redirects <= 3; ++redirects) {
     const auto parsed = boost::urls::parse_uri(url);
@@ -79,98 +148,204 @@ net::awaitable<FetchResult> fetch_http(std::string url, std::string etag,
       result.error = "not a valid URL: " + url;
       co_return result;
     }
-    if (parsed->scheme() != "http") {
-      result.error = "only http:// CRL URLs are fetched by this version (" + url + ")";
+    const bool https = parsed->scheme() == "https";
+    if (!https && parsed->scheme() != "http") {
+      result.error = "only http:// and https:// CRL URLs can be fetched (" + url + ")";
       co_return result;
     }
-    const std::string host = parsed->host();
-    const std::string port = parsed->has_port() ? std::string(parsed->port()) : "80";
+    const std::string host = parsed->host_address();
+    const bool ip_host = parsed->host_type() == boost::urls::host_type::ipv4 ||
+                         parsed->host_type() == boost::urls::host_type::ipv6;
+    const std::string port =
+        parsed->has_port() ? std::string(parsed->port()) : (https ? "443" : "80");
     std::string target = parsed->encoded_path().empty() ? "/" : std::string(parsed->encoded_path());
     if (parsed->has_query()) target += "?" + std::string(parsed->encoded_query());
 
     auto executor = co_await net::this_coro::executor;
     tcp::resolver resolver(executor);
-    beast::tcp_stream stream(executor);
-    stream.expires_after(std::chrono::seconds(10));
     auto [rec, endpoints] =
         co_await resolver.async_resolve(host, port, net::as_tuple(net::use_awaitable));
     if (rec) {
       result.error = fmt::format("cannot resolve {}: {}", host, rec.message());
       co_return result;
     }
-    auto [cec, ep] = co_await stream.async_connect(endpoints, net::as_tuple(net::use_awaitable));
-    if (cec) {
-      result.error = fmt::format("cannot connect to {}:{}: {}", host, port, cec.message());
-      co_return result;
-    }
     http::request<http::empty_body> req{http::verb::get, target, 11};
-    req.set(http::field::host, parsed->has_port() ? host + ":" + port : host);
+    req.set(http::field::host, std::string(parsed->encoded_host_and_port()));
     req.set(http::field::user_agent, "portcullis");
     req.set(http::field::accept, "application/pkix-crl, */*");
     if (!etag.empty()) req.set(http::field::if_none_match, etag);
     if (!last_modified.empty()) req.set(http::field::if_modified_since, last_modified);
     req.keep_alive(false);
-    stream.expires_after(std::chrono::seconds(30));
-    auto [wec, wn] = co_await http::async_write(stream, req, net::as_tuple(net::use_awaitable));
-    if (wec) {
-      result.error = "request failed: " + wec.message();
-      co_return result;
+
+    std::string location;
+    if (!https) {
+      beast::tcp_stream stream(executor);
+      stream.expires_at(limits.deadline);
+      auto [cec, ep] = co_await stream.async_connect(endpoints, net::as_tuple(net::use_awaitable));
+      if (cec) {
+        result.error = fmt::format("cannot connect to {}:{}: {}", host, port, cec.message());
+        co_return result;
+      }
+      result = co_await exchange(stream, req, url, limits, location);
+    } else {
+      if (!limits.tls) {
+        result.error = "no TLS context for " + url;
+        co_return result;
+      }
+      beast::ssl_stream<beast::tcp_stream> stream(executor, *limits.tls);
+      SSL* ssl = stream.native_handle();
+      X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+      const bool named = ip_host ? X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) == 1
+                                 : SSL_set_tlsext_host_name(ssl, host.c_str()) == 1 &&
+                                       X509_VERIFY_PARAM_set1_host(param, host.c_str(), 0) == 1;
+      if (!named) {
+        result.error = "cannot set the expected server name " + host;
+        co_return result;
+      }
+      beast::get_lowest_layer(stream).expires_at(limits.deadline);
+      auto [cec, ep] = co_await beast::get_lowest_layer(stream).async_connect(
+          endpoints, net::as_tuple(net::use_awaitable));
+      if (cec) {
+        result.error = fmt::format("cannot connect to {}:{}: {}", host, port, cec.message());
+        co_return result;
+      }
+      auto [tec] = co_await stream.async_handshake(ssl::stream_base::client,
+                                                   net::as_tuple(net::use_awaitable));
+      if (tec) {
+        const long verify = SSL_get_verify_result(ssl);
+        result.error =
+            verify != X509_V_OK
+                ? fmt::format(
+                      "TLS handshake with {}:{} failed: server certificate not trusted "
+                      "({})",
+                      host, port, X509_verify_cert_error_string(verify))
+                : fmt::format("TLS handshake with {}:{} failed: {}", host, port, tec.message());
+        co_return result;
+      }
+      // The response is complete when parsed (Content-Length or chunked), and a truncated CRL
+      // fails its signature check anyway: no close_notify exchange is awaited.
+      result = co_await exchange(stream, req, url, limits, location);
     }
-    beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(max_crl_bytes);
-    auto [hec, hn] =
-        co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
-    if (hec) {
-      result.error = hec == http::error::body_limit
-                         ? fmt::format("response larger than {} bytes", max_crl_bytes)
-                         : "response failed: " + hec.message();
-      co_return result;
-    }
-    auto& res = parser.get();
-    const auto status = res.result_int();
-    if (status == 304) {
-      result.kind = FetchResult::Kind::not_modified;
-      co_return result;
-    }
-    if (status == 301 || status == 302 || status == 303 || status == 307 || status == 308) {
-      url = std::string(res[http::field::location]);
-      continue;
-    }
-    if (status != 200) {
-      result.error = fmt::format("HTTP {} from {}", status, url);
-      co_return result;
-    }
-    result.kind = FetchResult::Kind::ok;
-    result.etag = std::string(res[http::field::etag]);
-    result.last_modified = std::string(res[http::field::last_modified]);
-    result.body = std::move(res.body());
-    co_return result;
+    if (location.empty()) co_return result;
+    url = location;
   }
   result.error = "too many redirects";
   co_return result;
 }
 
+// The http:// and https:// URIs of the certificate's CRL Distribution Points (full names only:
+// a name relative to the issuer locates nothing fetchable).
+std::vector<std::string> distribution_points(X509* cert) {
+  std::vector<std::string> urls;
+  std::unique_ptr<CRL_DIST_POINTS, tls::OpenSslDeleter<CRL_DIST_POINTS_free>> points(
+      static_cast<CRL_DIST_POINTS*>(
+          X509_get_ext_d2i(cert, NID_crl_distribution_points, nullptr, nullptr)));
+  if (!points) return urls;
+  for (int i = 0; i < sk_DIST_POINT_num(points.get()); ++i) {
+    const DIST_POINT* point = sk_DIST_POINT_value(points.get(), i);
+    if (!point->distpoint || point->distpoint->type != 0) continue;
+    const GENERAL_NAMES* names = point->distpoint->name.fullname;
+    for (int j = 0; j < sk_GENERAL_NAME_num(names); ++j) {
+      const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, j);
+      if (name->type != GEN_URI) continue;
+      const auto* uri = name->d.uniformResourceIdentifier;
+      std::string url(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                      static_cast<std::size_t>(ASN1_STRING_length(uri)));
+      if (is_crl_url(url) && std::find(urls.begin(), urls.end(), url) == urls.end()) {
+        urls.push_back(std::move(url));
+      }
+    }
+  }
+  return urls;
+}
+
 }  // namespace
 
 struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
+  // What the refresher knows of a source beyond its public status.
+  struct Source {
+    std::optional<KeyHash> issuer_key;  // the CA whose CRLs this source publishes, once known
+    tls::X509Ptr issuer;                // that CA's certificate
+  };
+
   config::Revocation settings;
   std::vector<std::shared_ptr<const tls::Truststore>> truststores;
   std::shared_ptr<CrlChecker> checker;
+  std::shared_ptr<DiscoveryQueue> discovery;
+  std::optional<ssl::context> tls;
 
-  mutable std::mutex mutex;  // guards statuses, entries, last_modified
+  mutable std::mutex mutex;  // guards statuses, sources, entries, last_modified
   std::vector<SourceStatus> statuses;
+  std::vector<Source> sources;
   std::map<KeyHash, std::shared_ptr<const IssuerRevocations>> entries;
   std::map<std::string, std::string> last_modified;
+  std::size_t discovered = 0;
 
   net::io_context io{1};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
   std::thread thread;
+  bool started = false;
   std::vector<std::unique_ptr<net::steady_timer>> timers;
   std::mt19937 rng{std::random_device{}()};
 
   fs::path cache_file(const std::string& source) const {
     return settings.crl.cache_dir / (hex_sha256(source) + ".crl");
+  }
+
+  // Adds a source unless its URL is already one. Returns its index, or nullopt.
+  std::optional<std::size_t> add_source(const std::string& url, bool is_discovered, X509* issuer) {
+    std::lock_guard lock(mutex);
+    for (const auto& s : statuses) {
+      if (s.source == url) return std::nullopt;
+    }
+    SourceStatus status;
+    status.source = url;
+    status.discovered = is_discovered;
+    Source source;
+    if (issuer && X509_up_ref(issuer) == 1) {
+      source.issuer.reset(issuer);
+      source.issuer_key = key_hash_of(issuer);
+    }
+    statuses.push_back(std::move(status));
+    sources.push_back(std::move(source));
+    return statuses.size() - 1;
+  }
+
+  // Discovery: the CRL Distribution Points of a certificate whose issuer has no CRL yet. A
+  // discovered source publishes the CRLs of the certificate's issuer and of no other CA.
+  void discover(X509* cert, X509* issuer) {
+    const auto key = key_hash_of(issuer);
+    {
+      std::lock_guard lock(mutex);
+      if (entries.count(key)) return;
+      for (const auto& source : sources) {
+        if (source.issuer_key == key) return;
+      }
+    }
+    for (const auto& url : distribution_points(cert)) {
+      {
+        std::lock_guard lock(mutex);
+        if (discovered >= max_discovered_sources) {
+          spdlog::warn("crl discovery: {} sources discovered already; ignoring {}", discovered,
+                       url);
+          return;
+        }
+      }
+      const auto index = add_source(url, true, issuer);
+      if (!index) continue;
+      {
+        std::lock_guard lock(mutex);
+        ++discovered;
+      }
+      spdlog::info("crl source={} discovered in the certificate \"{}\" of issuer \"{}\"", url,
+                   tls::subject_of(cert), tls::subject_of(issuer));
+      if (started) spawn(*index);
+    }
+  }
+
+  void spawn(std::size_t index) {
+    timers.push_back(std::make_unique<net::steady_timer>(io));
+    net::co_spawn(io, run_source(index), net::detached);
   }
 
   // Parses, verifies and, when it is newer than what is held, publishes one CRL. Throws CrlError.
@@ -180,27 +355,49 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
     if (parsed.this_update > now + clock_skew) {
       throw CrlError("thisUpdate " + rfc3339(parsed.this_update) + " is in the future");
     }
+    std::optional<KeyHash> expected;
+    X509* known_issuer = nullptr;
+    std::string source_name;
+    {
+      std::lock_guard lock(mutex);
+      expected = sources[index].issuer_key;
+      known_issuer = sources[index].issuer.get();
+      source_name = statuses[index].source;
+    }
+    // The candidates: the CA this source is known to publish for (a discovered source's issuer
+    // may be an intermediate that only clients send), then every truststore CA.
+    std::vector<X509*> candidates;
+    if (known_issuer) candidates.push_back(known_issuer);
+    for (const auto& trust : truststores) {
+      for (const auto& ca : trust->certificates()) candidates.push_back(ca.get());
+    }
     X509* issuer = nullptr;
     std::string last_error = "no CA in the truststore has the CRL's issuer name";
-    for (const auto& trust : truststores) {
-      for (const auto& ca : trust->certificates()) {
-        try {
-          verify_crl(parsed, ca.get());
-          issuer = ca.get();
-          break;
-        } catch (const CrlError& e) {
-          if (std::string_view(e.what()).find("not the expected CA") == std::string_view::npos)
-            last_error = e.what();
-        }
+    for (X509* ca : candidates) {
+      try {
+        verify_crl(parsed, ca);
+        issuer = ca;
+        break;
+      } catch (const CrlError& e) {
+        if (std::string_view(e.what()).find("not the expected CA") == std::string_view::npos)
+          last_error = e.what();
       }
-      if (issuer) break;
     }
     if (!issuer) throw CrlError(last_error);
+    const auto issuer_key = key_hash_of(issuer);
+    if (expected && *expected != issuer_key) {
+      // A source publishes one CA's CRLs: another CA's list here is misconfiguration or an
+      // attempt to pass one CA's CRL off as another's.
+      throw CrlError(fmt::format(
+          "the CRL is issued by \"{}\", not by \"{}\" whose CRLs this "
+          "source publishes",
+          tls::subject_of(issuer), known_issuer ? tls::subject_of(known_issuer) : "another CA"));
+    }
 
     auto entry = std::make_shared<IssuerRevocations>();
-    entry->issuer_key = key_hash_of(issuer);
+    entry->issuer_key = issuer_key;
     entry->issuer_subject = tls::subject_of(issuer);
-    entry->source = statuses[index].source;
+    entry->source = source_name;
     entry->this_update = parsed.this_update;
     entry->next_update = parsed.next_update;
     entry->crl_number = parsed.crl_number.value_or("");
@@ -219,6 +416,9 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
         throw CrlError("thisUpdate is older than that of the CRL already held");
       }
     }
+    auto& source = sources[index];
+    if (!source.issuer && X509_up_ref(issuer) == 1) source.issuer.reset(issuer);
+    source.issuer_key = issuer_key;
     auto& status = statuses[index];
     status.issuer = entry->issuer_subject;
     status.entries = entry->revoked.size() + entry->oversized_serials.size();
@@ -240,7 +440,8 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
       std::error_code ec;
       fs::create_directories(settings.crl.cache_dir, ec);
       const auto target = cache_file(status.source);
-      const auto tmp = target.string() + ".tmp";
+      // Unique per process: check-cert may share the gateway's cache directory.
+      const auto tmp = fmt::format("{}.{}.tmp", target.string(), ::getpid());
       std::ofstream(tmp, std::ios::binary) << bytes;
       fs::rename(tmp, target, ec);
       if (ec) spdlog::warn("crl cache {}: {}", target.string(), ec.message());
@@ -281,9 +482,13 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
     auto self = shared_from_this();
     int failures = 0;
     for (;;) {
-      const auto source = statuses[index].source;
+      std::string source;
+      {
+        std::lock_guard lock(mutex);
+        source = statuses[index].source;
+      }
       bool ok = false;
-      if (source.rfind("http://", 0) == 0 || source.rfind("https://", 0) == 0) {
+      if (is_crl_url(source)) {
         std::string etag, modified;
         {
           std::lock_guard lock(mutex);
@@ -291,7 +496,11 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
           modified = last_modified[source];
           statuses[index].last_fetch = SysClock::now();
         }
-        auto result = co_await fetch_http(source, etag, modified);
+        FetchLimits limits;
+        limits.deadline = std::chrono::steady_clock::now() + settings.crl.fetch_timeout;
+        limits.max_size = settings.crl.max_size;
+        limits.tls = tls ? &*tls : nullptr;
+        auto result = co_await fetch_http(source, etag, modified, limits);
         if (result.kind == FetchResult::Kind::not_modified) {
           std::lock_guard lock(mutex);
           ++statuses[index].not_modified;
@@ -327,8 +536,22 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
       failures = ok ? 0 : failures + 1;
       auto& timer = *timers[index];
       timer.expires_after(next_delay(index, ok, failures));
-      auto [ec] = co_await timer.async_wait(net::as_tuple(net::use_awaitable));
-      if (!guard) co_return;  // stopping
+      co_await timer.async_wait(net::as_tuple(net::use_awaitable));  // cancelled: refresh now
+      if (!guard) co_return;                                         // stopping
+    }
+  }
+
+  // Picks up what the verify path offered. Polling keeps the offer itself free of allocation
+  // and of any call into Asio.
+  net::awaitable<void> run_discovery() {
+    auto self = shared_from_this();
+    net::steady_timer timer(io);
+    for (;;) {
+      timer.expires_after(std::chrono::milliseconds(200));
+      co_await timer.async_wait(net::as_tuple(net::use_awaitable));
+      if (!guard) co_return;
+      if (!discovery->pending()) continue;
+      for (auto& [cert, issuer] : discovery->take()) discover(cert.get(), issuer.get());
     }
   }
 };
@@ -337,46 +560,47 @@ CrlRefresher::CrlRefresher(config::Revocation settings,
                            std::vector<std::shared_ptr<const tls::Truststore>> truststores,
                            std::shared_ptr<CrlChecker> checker)
     : impl_(std::make_shared<Impl>()) {
-  impl_->settings = std::move(settings);
-  impl_->truststores = std::move(truststores);
-  impl_->checker = std::move(checker);
-  std::vector<std::string> sources;
-  for (const auto& s : impl_->settings.crl.sources)
-    sources.push_back(s.url.empty() ? s.file.string() : s.url);
-  if (impl_->settings.crl.discover) {
+  auto& s = *impl_;
+  s.settings = std::move(settings);
+  s.truststores = std::move(truststores);
+  s.checker = std::move(checker);
+
+  std::vector<X509*> cas;
+  for (const auto& trust : s.truststores) {
+    for (const auto& ca : trust->certificates()) cas.push_back(ca.get());
+  }
+  s.checker->set_issuer_rules(resolve_issuer_rules(s.settings.issuers, cas));
+
+  // Certificate verification for https:// sources: the configured CA bundle, or OpenSSL's
+  // default store (the system CAs).
+  s.tls.emplace(ssl::context::tls_client);
+  s.tls->set_verify_mode(ssl::verify_peer);
+  SSL_CTX_set_min_proto_version(s.tls->native_handle(), TLS1_2_VERSION);
+  boost::system::error_code ec;
+  if (!s.settings.crl.https_ca.empty()) {
+    s.tls->load_verify_file(s.settings.crl.https_ca.string(), ec);
+    if (ec) {
+      throw std::runtime_error(
+          fmt::format("revocation.crl.https_ca: {} is not a PEM file of CA certificates: {}",
+                      s.settings.crl.https_ca.string(), ec.message()));
+    }
+  } else {
+    s.tls->set_default_verify_paths(ec);
+    if (ec) spdlog::warn("crl: cannot load the default CA store for https:// sources");
+  }
+
+  for (const auto& source : s.settings.crl.sources) {
+    s.add_source(source.url.empty() ? source.file.string() : source.url, false, nullptr);
+  }
+  if (s.settings.crl.discover) {
     // The CRL Distribution Points of the truststores' CAs (for the CRLs covering intermediates
     // and, for CAs that list their own CDP, their leaves).
-    for (const auto& trust : impl_->truststores) {
-      for (const auto& ca : trust->certificates()) {
-        tls::GeneralNamesPtr unused;
-        std::unique_ptr<CRL_DIST_POINTS, void (*)(CRL_DIST_POINTS*)> points(
-            static_cast<CRL_DIST_POINTS*>(
-                X509_get_ext_d2i(ca.get(), NID_crl_distribution_points, nullptr, nullptr)),
-            [](CRL_DIST_POINTS* p) { CRL_DIST_POINTS_free(p); });
-        if (!points) continue;
-        for (int i = 0; i < sk_DIST_POINT_num(points.get()); ++i) {
-          const DIST_POINT* point = sk_DIST_POINT_value(points.get(), i);
-          if (!point->distpoint || point->distpoint->type != 0) continue;
-          const GENERAL_NAMES* names = point->distpoint->name.fullname;
-          for (int j = 0; j < sk_GENERAL_NAME_num(names); ++j) {
-            const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, j);
-            if (name->type != GEN_URI) continue;
-            const auto* uri = name->d.uniformResourceIdentifier;
-            std::string url(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
-                            static_cast<std::size_t>(ASN1_STRING_length(uri)));
-            if (url.rfind("http://", 0) == 0 &&
-                std::find(sources.begin(), sources.end(), url) == sources.end()) {
-              sources.push_back(url);
-            }
-          }
-        }
-      }
+    for (X509* ca : cas) {
+      for (const auto& url : distribution_points(ca)) s.add_source(url, false, nullptr);
     }
-  }
-  for (auto& s : sources) {
-    SourceStatus status;
-    status.source = s;
-    impl_->statuses.push_back(status);
+    // And those of the certificates the verify path meets whose issuer has no CRL.
+    s.discovery = std::make_shared<DiscoveryQueue>();
+    s.checker->set_discovery(s.discovery);
   }
 }
 
@@ -400,11 +624,10 @@ void CrlRefresher::start() {
       }
     }
   }
-  for (std::size_t i = 0; i < s.statuses.size(); ++i) {
-    s.timers.push_back(std::make_unique<net::steady_timer>(s.io));
-    net::co_spawn(s.io, s.run_source(i), net::detached);
-  }
+  for (std::size_t i = 0; i < s.statuses.size(); ++i) s.spawn(i);
+  s.started = true;
   s.guard.emplace(s.io.get_executor());
+  if (s.discovery) net::co_spawn(s.io, s.run_discovery(), net::detached);
   s.thread = std::thread([impl = impl_] { impl->io.run(); });
 }
 
@@ -422,10 +645,30 @@ void CrlRefresher::refresh_now() {
   });
 }
 
+void CrlRefresher::discover(X509* cert, X509* issuer) {
+  impl_->discover(cert, issuer);
+}
+
 bool CrlRefresher::all_loaded() const {
   std::lock_guard lock(impl_->mutex);
   for (const auto& s : impl_->statuses) {
     if (!s.loaded) return false;
+  }
+  return true;
+}
+
+bool CrlRefresher::ready() const {
+  const auto& s = *impl_;
+  const auto now = SysClock::now();
+  std::lock_guard lock(s.mutex);
+  for (std::size_t i = 0; i < s.statuses.size(); ++i) {
+    const auto& status = s.statuses[i];
+    if (status.discovered) continue;
+    if (status.loaded && s.checker->usable(status.next_update, now)) continue;
+    // Until a source's first CRL names its issuer, the global policy is the one that applies.
+    const auto policy = s.sources[i].issuer ? s.checker->on_unknown_for(s.sources[i].issuer.get())
+                                            : s.checker->on_unknown();
+    if (policy == config::OnUnknown::deny) return false;
   }
   return true;
 }
@@ -467,6 +710,24 @@ std::string CrlRefresher::render_metrics() const {
           std::chrono::duration_cast<std::chrono::seconds>(*s.next_update - now).count());
     }
   }
+  const auto c = impl_->checker->counters();
+  out +=
+      "# HELP portcullis_revocation_denials_total Certificates refused by the revocation check, "
+      "by reason.\n# TYPE portcullis_revocation_denials_total counter\n";
+  out += fmt::format("portcullis_revocation_denials_total{{reason=\"revoked\"}} {}\n", c.revoked);
+  out += fmt::format("portcullis_revocation_denials_total{{reason=\"no_crl_for_issuer\"}} {}\n",
+                     c.denied_no_crl);
+  out += fmt::format("portcullis_revocation_denials_total{{reason=\"crl_expired\"}} {}\n",
+                     c.denied_expired);
+  out +=
+      "# HELP portcullis_revocation_unknown_allowed_total Certificates of unknown revocation "
+      "status admitted by policy, by reason.\n# TYPE portcullis_revocation_unknown_allowed_total "
+      "counter\n";
+  out += fmt::format(
+      "portcullis_revocation_unknown_allowed_total{{reason=\"no_crl_for_issuer\"}} {}\n",
+      c.allowed_no_crl);
+  out += fmt::format("portcullis_revocation_unknown_allowed_total{{reason=\"crl_expired\"}} {}\n",
+                     c.allowed_expired);
   out +=
       "# HELP portcullis_crl_age_seconds Seconds since the CRL's thisUpdate.\n# TYPE "
       "portcullis_crl_age_seconds gauge\n";

@@ -39,6 +39,12 @@ RevocationIndex::Result RevocationIndex::lookup(const X509* cert,
                                                 const X509* issuer_cert) const noexcept {
   const auto* entry = issuer(key_hash_of(issuer_cert));
   if (!entry) return Result::not_covered;
+  return lookup(*entry, cert);
+}
+
+RevocationIndex::Result RevocationIndex::lookup(const IssuerRevocations& issuer_entry,
+                                                const X509* cert) noexcept {
+  const auto* entry = &issuer_entry;
   if (const auto serial = serial_of(cert)) {
     return std::binary_search(entry->revoked.begin(), entry->revoked.end(), *serial)
                ? Result::revoked

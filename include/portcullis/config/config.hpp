@@ -98,15 +98,34 @@ struct CrlSource {
   std::filesystem::path file;  // or a local file
 };
 
+// What "unknown" means for certificates issued by one CA, overriding Revocation::on_unknown.
+// The CA is named by its subject (RFC 4514, as /status and X-Client-Cert-Issuer print it) or by
+// the SHA-256 fingerprint of its certificate (a CA in a truststore).
+struct IssuerPolicy {
+  std::string subject;  // RFC 4514 text as written
+  // (type, value) in the order written; types in OpenSSL's spelling ("CN", "emailAddress").
+  std::vector<std::pair<std::string, std::string>> subject_rdns;
+  std::string sha256;  // lowercase hex, no colons
+  OnUnknown on_unknown = OnUnknown::deny;
+  // Where the rule is, for errors found once the truststores are loaded.
+  std::string file;
+  int line = 0;
+  std::string key;  // "revocation.issuers[0]"
+};
+
 struct Revocation {
   RevocationMode mode = RevocationMode::none;
   OnUnknown on_unknown = OnUnknown::deny;
+  std::vector<IssuerPolicy> issuers;  // first match wins
   struct Crl {
     std::vector<CrlSource> sources;
     bool discover = false;
     Duration refresh_interval{std::chrono::seconds(60)};
     Duration stale_grace{std::chrono::hours(1)};
     std::filesystem::path cache_dir;
+    Duration fetch_timeout{std::chrono::seconds(30)};  // one fetch, connect to last byte
+    std::uint64_t max_size = 512ULL * 1024 * 1024;     // largest CRL body accepted
+    std::filesystem::path https_ca;  // CAs for https:// sources; empty = OpenSSL's default store
   } crl;
 };
 

@@ -1,18 +1,51 @@
 #pragma once
 // The revocation Checker backed by CRLs: looks certificates up in the current RevocationIndex
-// and applies the fail-open / fail-closed policy to anything it cannot decide.
-// Thread-safety: check() and current() from any thread, concurrently with publish().
+// and applies the fail-open / fail-closed policy, global or per issuer, to anything it cannot
+// decide. Revoked is always denied.
+// Thread-safety: check(), lookup() and current() from any thread, concurrently with publish().
+// set_issuer_rules() and set_discovery() configure the checker before its first check and are
+// not safe to call while it is in use.
 
 #include "portcullis/config/config.hpp"
 #include "portcullis/revocation/checker.hpp"
 #include "portcullis/revocation/revocation_index.hpp"
+#include "portcullis/tls/openssl.hpp"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <vector>
 
 namespace portcullis::revocation {
+
+class DiscoveryQueue;
+
+// Verdict reasons: static text, stable names for logs and metrics.
+namespace reason {
+inline constexpr std::string_view revoked = "revoked";
+inline constexpr std::string_view no_crl_for_issuer = "no_crl_for_issuer";
+inline constexpr std::string_view crl_expired = "crl_expired";
+inline constexpr std::string_view allowed_no_crl_for_issuer = "unknown_allowed:no_crl_for_issuer";
+inline constexpr std::string_view allowed_crl_expired = "unknown_allowed:crl_expired";
+}  // namespace reason
+
+// A per-issuer override of on_unknown, resolved for allocation-free matching in the verify path:
+// the issuer's subject name (compared as X.509 names, so case and string type do not matter),
+// or the public keys of the truststore CAs whose certificate has the configured fingerprint.
+struct IssuerRule {
+  tls::X509NamePtr subject;
+  std::vector<KeyHash> keys;
+  config::OnUnknown on_unknown = config::OnUnknown::deny;
+  std::string label;  // "subject CN=Private Root" or "sha256 ab12…", for messages
+};
+
+// Turns revocation.issuers into rules. `truststore_cas` are the CAs of every listener's
+// truststore, for sha256 rules. Throws config::ConfigError naming file, line and key for a rule
+// that cannot be used; logs a warning for a rule that matches no truststore CA.
+std::vector<IssuerRule> resolve_issuer_rules(const std::vector<config::IssuerPolicy>& policies,
+                                             const std::vector<X509*>& truststore_cas);
 
 class CrlChecker : public Checker {
  public:
@@ -28,16 +61,42 @@ class CrlChecker : public Checker {
 
   // The verdict before policy: good / revoked / unknown(reason), for check-cert and tests.
   Verdict lookup(X509* cert, X509* issuer) const noexcept;
+  // What unknown means for certificates issued by `issuer`: the first matching rule, or the
+  // global setting.
+  config::OnUnknown on_unknown_for(X509* issuer) const noexcept;
+  config::OnUnknown on_unknown() const noexcept { return on_unknown_; }
+  // Whether a CRL published with `next_update` can still be used at `now`.
+  bool usable(const std::optional<std::chrono::system_clock::time_point>& next_update,
+              std::chrono::system_clock::time_point now) const noexcept;
+
+  void set_issuer_rules(std::vector<IssuerRule> rules);
+  // Certificates whose issuer has no CRL are offered to `queue` (CRL discovery).
+  void set_discovery(std::shared_ptr<DiscoveryQueue> queue);
 
   void publish(std::shared_ptr<const RevocationIndex> index) noexcept;
   std::shared_ptr<const RevocationIndex> current() const noexcept;
 
+  // Certificates refused by check(), and unknown ones admitted by policy, by reason.
+  struct Counters {
+    std::uint64_t revoked = 0, denied_no_crl = 0, denied_expired = 0, allowed_no_crl = 0,
+                  allowed_expired = 0;
+  };
+  Counters counters() const noexcept;
+
  private:
+  Verdict lookup(X509* cert, const KeyHash& issuer_key) const noexcept;
+  config::OnUnknown on_unknown_for(X509* issuer, const KeyHash& issuer_key) const noexcept;
+
+  enum Counter { revoked_, denied_no_crl_, denied_expired_, allowed_no_crl_, allowed_expired_ };
+
   config::OnUnknown on_unknown_;
   config::Duration stale_grace_;
   Clock clock_;
+  std::vector<IssuerRule> rules_;
+  std::shared_ptr<DiscoveryQueue> discovery_;
   std::atomic<std::shared_ptr<const RevocationIndex>> index_;
   std::atomic<std::uint64_t> generation_{1};
+  mutable std::array<std::atomic<std::uint64_t>, 5> counters_{};
 };
 
 }  // namespace portcullis::revocation

@@ -41,6 +41,8 @@ class RevocationIndex {
   const IssuerRevocations* issuer(const KeyHash& key) const noexcept;
   Result lookup(const KeyHash& issuer_key, const Serial& serial) const noexcept;
   Result lookup(const X509* cert, const X509* issuer) const noexcept;
+  // `cert` against one issuer's entry: good or revoked.
+  static Result lookup(const IssuerRevocations& entry, const X509* cert) noexcept;
 
   const std::vector<std::shared_ptr<const IssuerRevocations>>& issuers() const noexcept {
     return issuers_;
