@@ -2,9 +2,11 @@
 CRLs published the way real CAs do it) and an HTTP server on 127.0.0.1 that publishes the CRLs,
 with switches for the failure modes the gateway must survive."""
 
+import datetime
 import hashlib
 import http.server
 import os
+import ssl
 import subprocess
 import threading
 
@@ -56,7 +58,7 @@ def run(*args, **kwargs):
 class CertificateAuthority:
     """One CA directory driven by `openssl ca`."""
 
-    def __init__(self, base, name, common_name, parent=None, crl_days=1):
+    def __init__(self, base, name, common_name, parent=None, crl_days=1, cdp=None):
         self.dir = os.path.join(base, name)
         self.name = name
         os.makedirs(os.path.join(self.dir, "issued"))
@@ -78,18 +80,29 @@ class CertificateAuthority:
             csr = os.path.join(self.dir, "ca.csr")
             run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                 "-nodes", "-keyout", self.key, "-out", csr, "-subj", f"/CN={common_name}")
-            run("openssl", "ca", "-batch", "-config", parent.config, "-extensions", "v3_ca",
-                "-in", csr, "-out", self.cert, "-notext")
+            run("openssl", "ca", "-batch", "-config", parent.config, "-in", csr, "-out", self.cert,
+                "-notext", *parent.extension_args("v3_ca", cdp))
 
-    def issue(self, name, common_name, extensions="client", startdate=None, enddate=None):
-        """Writes NAME.pem (leaf), NAME.key and NAME-chain.pem (leaf + this CA) next to the CA."""
+    def extension_args(self, section, cdp):
+        """`openssl ca` arguments for SECTION, plus a CRL Distribution Point when CDP is a URL."""
+        if not cdp:
+            return ["-extensions", section]
+        body = CA_CONFIG.split(f"[ {section} ]\n", 1)[1].split("\n[", 1)[0]
+        path = os.path.join(self.dir, f"ext-{hashlib.sha256(cdp.encode()).hexdigest()[:12]}.cnf")
+        with open(path, "w") as f:
+            f.write(f"[ ext ]\n{body}\ncrlDistributionPoints = URI:{cdp}\n")
+        return ["-extfile", path, "-extensions", "ext"]
+
+    def issue(self, name, common_name, extensions="client", startdate=None, enddate=None, cdp=None):
+        """Writes NAME.pem (leaf), NAME.key and NAME-chain.pem (leaf + this CA) next to the CA.
+        CDP, when given, is the URL put in the certificate's CRL Distribution Points."""
         key = os.path.join(self.dir, f"{name}.key")
         csr = os.path.join(self.dir, f"{name}.csr")
         cert = os.path.join(self.dir, f"{name}.pem")
         run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={common_name}")
-        args = ["openssl", "ca", "-batch", "-config", self.config, "-extensions", extensions,
-                "-in", csr, "-out", cert, "-notext"]
+        args = ["openssl", "ca", "-batch", "-config", self.config, "-in", csr, "-out", cert,
+                "-notext", *self.extension_args(extensions, cdp)]
         if startdate:
             args += ["-startdate", startdate]
         if enddate:
@@ -103,10 +116,17 @@ class CertificateAuthority:
     def revoke(self, cert_path):
         run("openssl", "ca", "-batch", "-config", self.config, "-revoke", cert_path)
 
-    def crl(self, der=True):
-        """Generates a fresh CRL (next cRLNumber) and returns its bytes."""
+    def crl(self, der=True, last_update=None, next_update=None):
+        """Generates a fresh CRL (next cRLNumber) and returns its bytes. LAST_UPDATE and
+        NEXT_UPDATE (datetimes, UTC) override thisUpdate and nextUpdate: a CRL already past its
+        nextUpdate is how a stale one is made without touching the clock."""
         pem = os.path.join(self.dir, "current.crl.pem")
-        run("openssl", "ca", "-batch", "-config", self.config, "-gencrl", "-out", pem)
+        args = ["openssl", "ca", "-batch", "-config", self.config, "-gencrl", "-out", pem]
+        if last_update:
+            args += ["-crl_lastupdate", last_update.strftime("%Y%m%d%H%M%SZ")]
+        if next_update:
+            args += ["-crl_nextupdate", next_update.strftime("%Y%m%d%H%M%SZ")]
+        run(*args)
         if not der:
             return open(pem, "rb").read()
         return run_bytes("openssl", "crl", "-in", pem, "-outform", "DER")
@@ -116,10 +136,30 @@ def run_bytes(*args):
     return subprocess.run(args, check=True, capture_output=True).stdout
 
 
-class CrlServer:
-    """Publishes CRLs at /NAME.crl on 127.0.0.1 with ETags; `mode` switches to a failure."""
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
 
-    def __init__(self):
+
+def with_bad_signature(der):
+    """The same DER CRL with the last octet of its signature flipped: parses, does not verify."""
+    return der[:-1] + bytes([der[-1] ^ 0x01])
+
+
+def self_signed_ca(base, name, common_name):
+    """A private root that publishes no CRL (no CDP anywhere) and issues client certificates."""
+    return CertificateAuthority(base, name, common_name)
+
+
+def sha256_fingerprint(pem_path):
+    out = run("openssl", "x509", "-in", pem_path, "-noout", "-fingerprint", "-sha256").stdout
+    return out.strip().split("=", 1)[1].replace(":", "").lower()
+
+
+class CrlServer:
+    """Publishes CRLs at /NAME.crl on 127.0.0.1 with ETags; `mode` switches to a failure.
+    With `tls=(chain, key)` it serves https and records the SNI names clients sent."""
+
+    def __init__(self, tls=None):
         self.files = {}
         self.mode = "ok"  # ok | 404 | 500 | garbage | oversized | hang
         self.requests = 0
@@ -177,11 +217,19 @@ class CrlServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
+        self.scheme = "http"
+        self.server_names = []
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, name):
-        return f"http://127.0.0.1:{self.port}/{name}"
+    def url(self, name, host="127.0.0.1"):
+        return f"{self.scheme}://{host}:{self.port}/{name}"
 
     def stop(self):
         self.release.set()

@@ -9,7 +9,7 @@ import ssl
 import tempfile
 import unittest
 
-from crl_fixtures import CertificateAuthority, CrlServer
+from crl_fixtures import CertificateAuthority, CrlServer, with_bad_signature
 from gateway_fixture import BIN, EchoUpstream, Gateway, curl, http_post, wait_for
 
 
@@ -103,6 +103,7 @@ class CrlEnforcement(unittest.TestCase):
     refresh_interval: 1h
     stale_grace: 1h
     cache_dir: {cls.cache}
+    fetch_timeout: 2s
 """)
 
     @classmethod
@@ -194,15 +195,20 @@ class CrlEnforcement(unittest.TestCase):
         good_number = source["crl_number"]
         older = self.crls.files["inter.crl"]
         foreign = CertificateAuthority(self.pki.dir, "foreign", "CRL Test Intermediate CA")  # same name, other key
+        unrelated = CertificateAuthority(self.pki.dir, "unrelated", "CRL Test Unrelated CA")
         cases = {
-            "garbage": ("garbage", None),
-            "not found": ("404", None),
-            "server error": ("500", None),
-            "oversized": ("oversized", None),
-            "wrong key, same issuer name": ("ok", foreign.crl()),
+            "garbage": ("garbage", None, "malformed CRL"),
+            "not found": ("404", None, "HTTP 404"),
+            "server error": ("500", None, "HTTP 500"),
+            "oversized": ("oversized", None, "larger than"),
+            "hanging": ("hang", None, "timeout"),
+            "wrong key, same issuer name": ("ok", foreign.crl(), "signature"),
+            "bad signature": ("ok", with_bad_signature(older), "bad CRL signature"),
+            "issuer not in the truststore": ("ok", unrelated.crl(), "no CA in the truststore"),
+            "another trusted CA's CRL": ("ok", self.pki.inter2.crl(), "whose CRLs this source publishes"),
         }
         try:
-            for name, (mode, body) in cases.items():
+            for name, (mode, body, error) in cases.items():
                 with self.subTest(name):
                     before = crl_source_status(self.gateway, self.inter_url)
                     self.crls.mode = mode
@@ -211,8 +217,15 @@ class CrlEnforcement(unittest.TestCase):
                     after = refresh_and_wait(
                         self.gateway, self.inter_url,
                         lambda s: s["failed"] + s["rejected"] > before["failed"] + before["rejected"])
-                    self.assertTrue(after["last_error"])
+                    self.assertIn(error, after["last_error"])
                     self.assertEqual(after["crl_number"], good_number)
+                    # check-cert meets the same bad CRL and, like the gateway, keeps the last
+                    # good one (from the cache directory).
+                    code, out = check_cert(self.gateway, self.revoked)
+                    self.assertEqual(code, 1, out)
+                    self.assertIn("verdict:     refused (revoked)", out)
+                    code, out = check_cert(self.gateway, self.good)
+                    self.assertEqual(code, 0, out)
                     self.crls.mode = "ok"
                     self.crls.files["inter.crl"] = older
                     self.assert_refused(self.revoked, "revoked")
