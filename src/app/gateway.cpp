@@ -54,6 +54,22 @@ struct Gateway::Impl {
 
 namespace {
 
+// The revocation settings the process's checker and refresher were built from. Both outlive
+// configuration generations, so a reload that changes these is refused rather than half applied.
+std::string revocation_settings(const config::Revocation& r) {
+  std::string out = fmt::format("{}|{}|", config::to_string(r.mode),
+                                r.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
+  for (const auto& rule : r.issuers) {
+    out += fmt::format("{}|{}|{}|", rule.subject, rule.sha256,
+                       rule.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
+  }
+  for (const auto& source : r.crl.sources) out += source.url + "|" + source.file.string() + "|";
+  out += fmt::format("{}|{}|{}|{}|{}|{}|{}", r.crl.discover, r.crl.refresh_interval.count(),
+                     r.crl.stale_grace.count(), r.crl.cache_dir.string(),
+                     r.crl.fetch_timeout.count(), r.crl.max_size, r.crl.https_ca.string());
+  return out;
+}
+
 json::array warnings_json(const std::vector<std::string>& warnings) {
   json::array out;
   for (const auto& w : warnings) out.emplace_back(w);
@@ -190,8 +206,20 @@ admin::Response Gateway::Impl::reload() {
                                  "' changed name or address; restart to apply it");
       }
     }
+    if (revocation_settings(loaded.config.revocation) !=
+        revocation_settings(old->config->revocation)) {
+      throw std::runtime_error(
+          "the revocation settings changed; restart to apply them (nothing was reloaded)");
+    }
     auto built = proxy::build_snapshot(std::move(loaded), crl_checker);
     snapshot.store(built);
+    if (refresher) {
+      // CRLs of CAs the new truststores add are verified from now on, and local CRL files are
+      // read again at once.
+      std::vector<std::shared_ptr<const tls::Truststore>> truststores;
+      for (const auto& l : built->listeners) truststores.push_back(l->truststore);
+      refresher->update_truststores(std::move(truststores));
+    }
     last_reload_error.clear();
     services.metrics.config_reload(true);
     spdlog::info("configuration reloaded from {}", built->config->source.string());

@@ -645,6 +645,15 @@ void CrlRefresher::refresh_now() {
   });
 }
 
+void CrlRefresher::update_truststores(
+    std::vector<std::shared_ptr<const tls::Truststore>> truststores) {
+  // Swapped on the refresher's own thread, between two CRL verifications.
+  net::post(impl_->io, [impl = impl_, trust = std::move(truststores)]() mutable {
+    impl->truststores = std::move(trust);
+    for (auto& t : impl->timers) t->cancel();
+  });
+}
+
 void CrlRefresher::discover(X509* cert, X509* issuer) {
   impl_->discover(cert, issuer);
 }

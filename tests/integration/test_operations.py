@@ -14,8 +14,8 @@ import time
 import unittest
 
 from crl_fixtures import CertificateAuthority
-from gateway_fixture import EchoUpstream, Gateway, http_post, wait_for
-from test_crl_revocation import read_response
+from gateway_fixture import EchoUpstream, Gateway, curl, http_post, wait_for
+from test_crl_revocation import crl_source_status, read_response
 
 
 def new_ticket_key():
@@ -294,6 +294,82 @@ class Lifecycle(unittest.TestCase):
                 conn.sendall(request)
                 self.assertIn("200", read_response(conn).split("\r\n", 1)[0], "the open connection keeps working")
                 self.assertEqual(fingerprint(conn.getpeercert(binary_form=True)), old)
+
+
+class RevocationOnReload(unittest.TestCase):
+    """A reload re-reads local CRL files at once and verifies CRLs against the new truststore;
+    a reload that changes the revocation settings is refused, not half applied."""
+
+    def setUp(self):
+        self.pki = Pki()
+        self.addCleanup(self.pki.cleanup)
+        self.upstream = EchoUpstream()
+        self.addCleanup(self.upstream.stop)
+        # A second CA, not trusted at first, whose CRL is already a configured source.
+        self.partner = CertificateAuthority(self.pki.dir, "partner", "Ops Test Partner CA")
+        self.partner_good = self.partner.issue("partner-good", "partner-good")
+        self.partner_revoked = self.partner.issue("partner-revoked", "partner-revoked")
+        self.partner.revoke(self.partner_revoked["cert"])
+        self.partner_crl = os.path.join(self.pki.dir, "partner.crl")
+        self.inter_crl = os.path.join(self.pki.dir, "inter.crl")
+        self.later = self.pki.inter.issue("later", "client-revoked-later")
+        for ca, path in ((self.partner, self.partner_crl), (self.pki.inter, self.inter_crl)):
+            with open(path, "wb") as f:
+                f.write(ca.crl())
+        self.truststore = os.path.join(self.pki.dir, "live-truststore.pem")
+        shutil.copy(self.pki.truststore, self.truststore)
+        self.revocation = f"""revocation:
+  mode: crl
+  on_unknown: allow
+  crl:
+    sources: [ {{ file: {self.inter_crl} }}, {{ file: {self.partner_crl} }} ]
+    refresh_interval: 1h
+"""
+        self.gateway = Gateway(self.pki.server["chain"], self.pki.server["key"], self.truststore,
+                               self.upstream.port, extra=self.revocation)
+        self.addCleanup(self.gateway.stop)
+
+    def reload(self):
+        return http_post(f"http://127.0.0.1:{self.gateway.admin_port}/reload")
+
+    def status_of(self, client):
+        return curl(self.gateway.port, client["chain"], client["key"], self.pki.root.cert)[1]
+
+    def test_a_local_crl_file_is_read_again_on_reload(self):
+        self.assertEqual(self.status_of(self.later), 200)
+        old = crl_source_status(self.gateway, self.inter_crl)["crl_number"]
+        self.pki.inter.revoke(self.later["cert"])
+        with open(self.inter_crl, "wb") as f:
+            f.write(self.pki.inter.crl())
+        self.assertEqual(self.reload()[0], 200)
+        wait_for(lambda: crl_source_status(self.gateway, self.inter_crl)["crl_number"] != old,
+                 timeout=20, what="the CRL file read again")
+        self.assertIsNone(self.status_of(self.later), "revoked by the CRL file read on reload")
+
+    def test_crls_of_a_ca_added_by_reload_are_verified_and_enforced(self):
+        source = crl_source_status(self.gateway, self.partner_crl)
+        self.assertFalse(source["loaded"], "the partner CA is not trusted yet")
+        self.assertIsNone(self.status_of(self.partner_good))
+        with open(self.truststore, "a") as out, open(self.partner.cert) as ca:
+            out.write(ca.read())
+        self.assertEqual(self.reload()[0], 200)
+        wait_for(lambda: crl_source_status(self.gateway, self.partner_crl)["loaded"], timeout=20,
+                 what="the partner CRL verified against the new truststore")
+        self.assertEqual(self.status_of(self.partner_good), 200)
+        before = self.upstream.requests()
+        self.assertIsNone(self.status_of(self.partner_revoked))
+        self.assertEqual(self.upstream.requests(), before)
+
+    def test_a_reload_that_changes_revocation_settings_is_refused(self):
+        with open(self.gateway.config) as f:
+            text = f.read()
+        with open(self.gateway.config, "w") as f:
+            f.write(text.replace("on_unknown: allow", "on_unknown: deny"))
+        status, body = self.reload()
+        self.assertEqual(status, 400)
+        self.assertIn("revocation settings changed; restart", body)
+        self.assertIn("revocation settings changed", self.gateway.status()["last_reload_error"])
+        self.assertEqual(self.gateway.status()["revocation"]["on_unknown"], "allow")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class CrlRefresher {
   void stop();
   // Fetches every source now.
   void refresh_now();
+  // After a reload: verifies CRLs against these truststores from now on, and fetches every
+  // source now (local files are read again).
+  void update_truststores(std::vector<std::shared_ptr<const tls::Truststore>> truststores);
   // Adds the CRL Distribution Points of `cert` (issued by `issuer`) as sources, as discovery
   // does for certificates seen in handshakes. For check-cert, before start().
   void discover(X509* cert, X509* issuer);
