@@ -118,6 +118,40 @@ void Metrics::bad_request() noexcept {
 void Metrics::upstream_error(UpstreamError error) noexcept {
   upstream_errors_[static_cast<int>(error)].fetch_add(1, relaxed);
 }
+namespace {
+
+// Prometheus label values escape backslash, double quote and newline.
+std::string label_value(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+void Metrics::authz_denied(std::string_view listener, std::string_view route,
+                           std::string_view reason) {
+  auto labels = fmt::format("listener=\"{}\",route=\"{}\",reason=\"{}\"", label_value(listener),
+                            label_value(route), label_value(reason));
+  const std::lock_guard lock(labelled_mutex_);
+  ++authz_denied_[labels];
+}
+
+void Metrics::upstream_event(std::string_view upstream, std::string_view endpoint,
+                             std::string_view event) {
+  auto labels = fmt::format("upstream=\"{}\",endpoint=\"{}\",event=\"{}\"", label_value(upstream),
+                            label_value(endpoint), label_value(event));
+  const std::lock_guard lock(labelled_mutex_);
+  ++upstream_events_[labels];
+}
+
 void Metrics::config_reload(bool ok) noexcept {
   (ok ? reloads_ok_ : reloads_failed_).fetch_add(1, relaxed);
 }
@@ -167,6 +201,19 @@ std::string Metrics::render() const {
   for (int i = 0; i < static_cast<int>(UpstreamError::count_); ++i) {
     out += fmt::format("portcullis_upstream_errors_total{{kind=\"{}\"}} {}\n",
                        to_string(static_cast<UpstreamError>(i)), upstream_errors_[i].load(relaxed));
+  }
+  {
+    const std::lock_guard lock(labelled_mutex_);
+    render_counter_header(out, "portcullis_authz_denied_total",
+                          "Requests refused by a route's allow rules, by route and reason.");
+    for (const auto& [labels, n] : authz_denied_) {
+      out += fmt::format("portcullis_authz_denied_total{{{}}} {}\n", labels, n);
+    }
+    render_counter_header(out, "portcullis_upstream_endpoint_events_total",
+                          "Endpoint ejections and retries on another endpoint.");
+    for (const auto& [labels, n] : upstream_events_) {
+      out += fmt::format("portcullis_upstream_endpoint_events_total{{{}}} {}\n", labels, n);
+    }
   }
   render_counter_header(out, "portcullis_config_reloads_total", "Configuration reloads by result.");
   out += fmt::format("portcullis_config_reloads_total{{result=\"ok\"}} {}\n",

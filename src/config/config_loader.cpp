@@ -544,8 +544,8 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
 
 void load_upstream(Loader& l, const YAML::Node& node, const std::string& p, Upstream& upstream) {
   if (!l.map(node, p,
-             {"endpoints", "connect_timeout", "response_timeout", "idle_timeout",
-              "max_idle_connections"})) {
+             {"endpoints", "balance", "connect_timeout", "response_timeout", "idle_timeout",
+              "max_idle_connections", "health", "resolve_interval", "retry"})) {
     return;
   }
   const auto endpoints = node["endpoints"];
@@ -569,6 +569,18 @@ void load_upstream(Loader& l, const YAML::Node& node, const std::string& p, Upst
   l.duration(node, p, "response_timeout", upstream.response_timeout);
   l.duration(node, p, "idle_timeout", upstream.idle_timeout);
   l.integer(node, p, "max_idle_connections", upstream.max_idle_connections, 0, 100000);
+  l.choice(
+      node, p, "balance", upstream.balance,
+      {{"round_robin", Balance::round_robin}, {"least_outstanding", Balance::least_outstanding}});
+  if (const auto health = node["health"]; health.IsDefined()) {
+    const auto h = p + ".health";
+    if (l.map(health, h, {"max_failures", "ejection_time"})) {
+      l.integer(health, h, "max_failures", upstream.max_failures, 0, 1000);
+      l.duration(health, h, "ejection_time", upstream.ejection_time);
+    }
+  }
+  l.duration(node, p, "resolve_interval", upstream.resolve_interval);
+  l.boolean(node, p, "retry", upstream.retry);
 }
 
 // Attribute types are case-insensitive (RFC 4514 §3); rewrites `type` in the spelling OpenSSL

@@ -35,6 +35,8 @@ struct EchoServer::State {
   explicit State(net::any_io_executor ex) : acceptor(ex) {}
   tcp::acceptor acceptor;
   std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> connections{0};     // that carried request bytes, /__stats aside
+  std::atomic<std::uint64_t> bytes_received{0};  // parsed request bytes, plus any left unparsed
 };
 
 namespace {
@@ -100,6 +102,7 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   std::vector<char> chunk(piece);
+  bool counted = false;  // /__stats connections are not counted
   for (;;) {
     http::request_parser<http::buffer_body> parser;
     parser.header_limit(64 * 1024);
@@ -107,11 +110,19 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
     stream.expires_after(std::chrono::seconds(120));
     auto [ec, n] =
         co_await http::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
-    if (ec) break;
+    if (ec) {
+      state->bytes_received.fetch_add(n, std::memory_order_relaxed);
+      break;
+    }
     auto& req = parser.get();
     const std::string target(req.target());
     const bool stats = target == "/__stats";
-    if (!stats) state->requests.fetch_add(1, std::memory_order_relaxed);
+    if (!stats) {
+      state->requests.fetch_add(1, std::memory_order_relaxed);
+      state->bytes_received.fetch_add(n, std::memory_order_relaxed);
+      if (!counted) state->connections.fetch_add(1, std::memory_order_relaxed);
+      counted = true;
+    }
 
     boost::json::array headers;
     for (const auto& f : req) headers.push_back(boost::json::array{f.name_string(), f.value()});
@@ -132,6 +143,7 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
         break;
       }
       const auto got = chunk.size() - req.body().size;
+      state->bytes_received.fetch_add(got, std::memory_order_relaxed);
       EVP_DigestUpdate(md.get(), chunk.data(), got);
       length += got;
     }
@@ -164,8 +176,11 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
     http::response<http::string_body> res{static_cast<http::status>(status), version};
     res.set(http::field::content_type, "application/json");
     if (stats) {
-      res.body() =
-          boost::json::serialize(boost::json::object{{"requests", state->requests.load()}}) + "\n";
+      boost::json::object counters;
+      counters["requests"] = state->requests.load();
+      counters["connections"] = state->connections.load();
+      counters["bytes_received"] = state->bytes_received.load();
+      res.body() = boost::json::serialize(counters) + "\n";
     } else {
       boost::json::object body{
           {"method", std::string(req.method_string())},
@@ -182,6 +197,10 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
     stream.expires_after(std::chrono::seconds(60));
     auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
     if (wec || !keep_alive) break;
+  }
+  if (buffer.size() > 0) {
+    state->bytes_received.fetch_add(buffer.size(), std::memory_order_relaxed);
+    if (!counted) state->connections.fetch_add(1, std::memory_order_relaxed);
   }
   boost::system::error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_both, ignored);

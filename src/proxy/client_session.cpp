@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ssl/error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -79,6 +80,25 @@ std::string json_error(std::string_view error, std::string_view reason) {
   return boost::json::serialize(body) + "\n";
 }
 
+// A stable reason code for the errors Beast's parser reports on a request header.
+std::string parse_error_reason(const boost::system::error_code& ec) {
+  static const std::pair<http::error, std::string_view> names[] = {
+      {http::error::header_limit, "header_too_large"},
+      {http::error::bad_method, "bad_method"},
+      {http::error::bad_target, "bad_target"},
+      {http::error::bad_version, "bad_version"},
+      {http::error::bad_field, "bad_header_name"},
+      {http::error::bad_value, "bad_header_value"},
+      {http::error::bad_content_length, "bad_content_length"},
+      {http::error::bad_transfer_encoding, "unsupported_transfer_encoding"},
+      {http::error::bad_line_ending, "bad_line_ending"},
+  };
+  for (const auto& [code, name] : names) {
+    if (ec == code) return std::string(name);
+  }
+  return "malformed_request";
+}
+
 // What the access log and metrics need to know about one request.
 struct Exchange {
   Clock::time_point started = Clock::now();
@@ -106,6 +126,10 @@ class Session {
 
  private:
   net::awaitable<bool> handshake();
+  net::awaitable<std::pair<boost::system::error_code, std::optional<Rejection>>>
+  read_header_section(std::chrono::milliseconds timeout);
+  net::awaitable<boost::system::error_code> read_first_body_piece(
+      http::request_parser<http::buffer_body>& parser);
   net::awaitable<bool> serve(http::request_parser<http::buffer_body>& parser, Exchange& ex);
   net::awaitable<bool> forward(http::request_parser<http::buffer_body>& parser,
                                const config::Route& route, Exchange& ex);
@@ -124,7 +148,73 @@ class Session {
   tls::HeaderList identity_headers_;
   std::uint64_t revocation_generation_ = 0;
   beast::flat_buffer buffer_;
+  std::vector<char> chunk_ = std::vector<char>(relay_chunk_size);
+  std::optional<std::size_t> preread_;  // body bytes already in chunk_, not yet forwarded
 };
+
+// Reads until buffer_ holds a whole header section (or the listener's header limit or
+// deadline is reached), checking the raw bytes on the way: see scan_header_section.
+net::awaitable<std::pair<boost::system::error_code, std::optional<Rejection>>>
+Session::read_header_section(std::chrono::milliseconds timeout) {
+  // The deadline cancels the read instead of letting the stream's own expiry close the socket,
+  // so that a client too slow to send its header still gets its 408.
+  auto& lowest = beast::get_lowest_layer(stream_);
+  lowest.expires_after(timeout + std::chrono::seconds(5));
+  net::steady_timer deadline(stream_.get_executor(), timeout);
+  bool expired = false;
+  deadline.async_wait([&lowest, &expired](boost::system::error_code ec) {
+    if (ec) return;
+    expired = true;
+    lowest.socket().cancel();
+  });
+  for (;;) {
+    const auto* data = static_cast<const char*>(buffer_.data().data());
+    const auto size = std::min<std::size_t>(buffer_.size(), cfg_.max_header_bytes + 4);
+    const auto scan = scan_header_section(std::string_view(data, size));
+    if (scan.state == HeaderScan::State::complete)
+      co_return std::pair{boost::system::error_code{}, std::nullopt};
+    if (scan.state == HeaderScan::State::invalid)
+      co_return std::pair{boost::system::error_code{}, scan.rejection};
+    if (buffer_.size() > cfg_.max_header_bytes) {
+      co_return std::pair{
+          boost::system::error_code{},
+          Rejection{http::status::request_header_fields_too_large, "header_too_large"}};
+    }
+    auto [ec, n] =
+        co_await stream_.async_read_some(buffer_.prepare(4096), net::as_tuple(net::use_awaitable));
+    buffer_.commit(n);
+    if (ec) {
+      // Beast's read_header reports a clean close between requests as end_of_stream.
+      if (ec == net::error::eof && buffer_.size() == 0) ec = http::error::end_of_stream;
+      if (expired) ec = beast::error::timeout;
+      co_return std::pair{ec, std::nullopt};
+    }
+  }
+}
+
+// Reads the first piece of a request body before any upstream is chosen: a malformed chunk
+// header, or a body over the route's limit, is then refused with nothing sent upstream.
+net::awaitable<boost::system::error_code> Session::read_first_body_piece(
+    http::request_parser<http::buffer_body>& parser) {
+  // Beast waits for a CRLF after a chunk size; a chunk-size line ended by a bare LF would only
+  // hang until the idle timeout, so it is refused at once when it is already buffered.
+  if (parser.chunked()) {
+    const std::string_view data(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+    const auto nl = data.find('\n');
+    if (nl != std::string_view::npos && (nl == 0 || data[nl - 1] != '\r')) {
+      co_return http::error::bad_chunk;
+    }
+  }
+  auto& body = parser.get().body();
+  body.data = chunk_.data();
+  body.size = chunk_.size();
+  beast::get_lowest_layer(stream_).expires_after(cfg_.idle_timeout);
+  auto [ec, n] =
+      co_await http::async_read(stream_, buffer_, parser, net::as_tuple(net::use_awaitable));
+  if (ec == http::error::need_buffer) ec = {};
+  if (!ec) preread_ = chunk_.size() - body.size;
+  co_return ec;
+}
 
 net::awaitable<bool> Session::handshake() {
   auto& metrics = p_.services->metrics;
@@ -186,14 +276,31 @@ net::awaitable<void> Session::run() {
     // fresh connection is still served so that a handshake never ends in silence.
     if (!first && p_.services->draining.load(std::memory_order_relaxed)) break;
     handle->idle = true;
-    beast::get_lowest_layer(stream_).expires_after(first ? cfg_.header_timeout : cfg_.idle_timeout);
     http::request_parser<http::buffer_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
     parser.body_limit(boost::none);
-    auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser,
-                                                    net::as_tuple(net::use_awaitable));
+    auto [ec, rejection] =
+        co_await read_header_section(first ? cfg_.header_timeout : cfg_.idle_timeout);
     handle->idle = false;
     first = false;
+    if (rejection) {
+      Exchange ex;
+      ex.reason = rejection->reason;
+      p_.services->metrics.bad_request();
+      auto body = json_error(rejection->status == http::status::request_header_fields_too_large
+                                 ? "header_too_large"
+                                 : "bad_request",
+                             rejection->reason);
+      co_await respond(static_cast<unsigned>(rejection->status), "application/json",
+                       std::move(body), false, ex);
+      log_exchange(ex);
+      break;
+    }
+    if (!ec) {
+      // The whole header section is buffered: this parses it without further I/O.
+      std::tie(ec, std::ignore) = co_await http::async_read_header(
+          stream_, buffer_, parser, net::as_tuple(net::use_awaitable));
+    }
     if (ec) {
       // A closed or idle connection is the normal end of keep-alive, not an error.
       if (ec == http::error::end_of_stream || ec == ssl::error::stream_truncated ||
@@ -207,12 +314,12 @@ net::awaitable<void> Session::run() {
         break;
       }
       Exchange ex;
-      ex.reason = ec.message();
+      ex.reason = parse_error_reason(ec);
       p_.services->metrics.bad_request();
-      const unsigned status = ec == http::error::header_limit ? 431 : 400;
-      co_await respond(status, "text/plain; charset=utf-8",
-                       status == 431 ? "request header too large\n" : "malformed request\n", false,
-                       ex);
+      const bool too_large = ec == http::error::header_limit;
+      auto body = json_error(too_large ? "header_too_large" : "bad_request", ex.reason);
+      co_await respond(too_large ? 431 : 400, "application/json", std::move(body), false, ex);
+      log_exchange(ex);
       break;
     }
     Exchange ex;
@@ -272,6 +379,10 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   const auto decision = authz::authorize(*route, *identity_);
   if (!decision.allowed) {
     ex.reason = decision.reason;
+    const auto label = route_label(*route);
+    p_.services->metrics.authz_denied(cfg_.name, label, decision.reason);
+    spdlog::info("request denied conn={} listener={} route={} reason={} subject=\"{}\" serial={}",
+                 id_, cfg_.name, label, decision.reason, identity_->subject, identity_->serial_hex);
     auto body = json_error("forbidden", decision.reason);
     co_await respond(403, "application/json", std::move(body), keep_alive, ex);
     co_return keep_alive;
@@ -286,6 +397,30 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
     }
     parser.body_limit(route->max_body_bytes);
   }
+  preread_.reset();
+  if (!parser.is_done()) {
+    // A client that asked for 100 Continue sends nothing until it gets it.
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      http::response<http::empty_body> interim{http::status::continue_, 11};
+      beast::get_lowest_layer(stream_).expires_after(cfg_.idle_timeout);
+      auto [ec, n] =
+          co_await http::async_write(stream_, interim, net::as_tuple(net::use_awaitable));
+      if (ec) co_return false;
+    }
+    if (const auto ec = co_await read_first_body_piece(parser)) {
+      ex.reason = ec == http::error::body_limit ? "body_too_large" : "client_body_error";
+      if (ec == http::error::end_of_stream || ec == ssl::error::stream_truncated ||
+          ec == beast::error::timeout || ec == net::error::eof) {
+        co_return false;
+      }
+      p_.services->metrics.bad_request();
+      const bool too_large = ec == http::error::body_limit;
+      auto body = json_error(too_large ? "body_too_large" : "bad_request",
+                             too_large ? "body_too_large" : "bad_body_framing");
+      co_await respond(too_large ? 413 : 400, "application/json", std::move(body), false, ex);
+      co_return false;
+    }
+  }
   const bool keep = co_await forward(parser, *route, ex);
   co_return keep;
 }
@@ -297,14 +432,12 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   const auto& upstream = p_.snapshot->config->upstreams.at(route.upstream);
   const bool has_body = !parser.is_done();
   const bool client_keep_alive = req.keep_alive();
-  const bool expects_continue = beast::iequals(req[http::field::expect], "100-continue");
   const bool is_head = req.method() == http::verb::head;
   const auto client_version = req.version();
 
   prepare_upstream_request(req, client_ip_, identity_headers_);
   if (parser.chunked()) req.chunked(true);
 
-  std::vector<char> chunk(relay_chunk_size);
   std::optional<upstream::Lease> lease;
   std::optional<http::response_parser<http::buffer_body>> response_parser;
   const auto fresh_response_parser = [&] {
@@ -316,12 +449,28 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   beast::flat_buffer upstream_buffer;
   bool request_sent = false;
 
-  // A pooled connection can be closed by the upstream just as it is reused; a request without a
-  // body is then safely sent again once, on a fresh connection.
-  for (int attempt = 0; attempt < 2 && !request_sent; ++attempt) {
+  // A second attempt is made only when no response byte has arrived: after a pooled connection
+  // the upstream closed just as it was reused (a request without a body is then safe to send
+  // again), and, once, on another endpoint for an idempotent request without a body.
+  const bool retry_safe =
+      upstream.retry && !has_body && is_retry_safe(req.method()) && upstream.endpoints.size() > 1;
+  bool retried_elsewhere = false;
+  std::string avoid;
+  const auto may_retry = [&] {
+    if (lease->reused && !has_body) return true;
+    if (!retry_safe || retried_elsewhere) return false;
+    retried_elsewhere = true;
+    avoid = lease->endpoint;
+    metrics.upstream_event(upstream.name, lease->endpoint, "retried");
+    spdlog::info("retrying on another endpoint conn={} upstream={} failed_endpoint={}", id_,
+                 upstream.name, lease->endpoint);
+    return true;
+  };
+  for (int attempt = 0; attempt < 3 && !request_sent; ++attempt) {
     boost::system::error_code connect_error;
     try {
-      lease.emplace(co_await p_.worker->pool().acquire(upstream));
+      lease.emplace(
+          co_await p_.worker->pool().acquire(upstream, p_.services->upstream_health, avoid));
     } catch (const boost::system::system_error& e) {
       connect_error = e.code();
     }
@@ -338,16 +487,9 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     }
     ex.endpoint = lease->endpoint;
 
-    if (expects_continue && has_body && attempt == 0) {
-      http::response<http::empty_body> interim{http::status::continue_, 11};
-      beast::get_lowest_layer(stream_).expires_after(cfg_.idle_timeout);
-      auto [ec, n] =
-          co_await http::async_write(stream_, interim, net::as_tuple(net::use_awaitable));
-      if (ec) co_return false;
-    }
-
-    auto sent = co_await relay_message(stream_, buffer_, parser, lease->stream, true,
-                                       cfg_.idle_timeout, upstream.response_timeout, chunk);
+    auto sent =
+        co_await relay_message(stream_, buffer_, parser, lease->stream, true, cfg_.idle_timeout,
+                               upstream.response_timeout, chunk_, preread_);
     ex.bytes_in = sent.body_bytes;
     if (sent.read_error) {
       // The client sent a broken body or went away: nothing sensible can follow on this
@@ -366,7 +508,10 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
       co_return false;
     }
     if (sent.write_error) {
-      if (lease->reused && !has_body) continue;
+      if (may_retry()) {
+        lease.reset();
+        continue;
+      }
       metrics.upstream_error(sent.write_error == beast::error::timeout
                                  ? admin::UpstreamError::timeout
                                  : admin::UpstreamError::reset);
@@ -384,10 +529,9 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
       auto [ec, n] = co_await http::async_read_header(
           lease->stream, upstream_buffer, *response_parser, net::as_tuple(net::use_awaitable));
       if (ec) {
-        if (lease->reused && !has_body && ec != beast::error::timeout &&
-            upstream_buffer.size() == 0) {
+        if (ec != beast::error::timeout && upstream_buffer.size() == 0 && may_retry()) {
           lease.reset();
-          break;  // retry on a fresh connection
+          break;
         }
         const bool timeout = ec == beast::error::timeout;
         metrics.upstream_error(timeout ? admin::UpstreamError::timeout
@@ -446,7 +590,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
 
   auto received =
       co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, !bodyless,
-                             upstream.response_timeout, cfg_.idle_timeout, chunk);
+                             upstream.response_timeout, cfg_.idle_timeout, chunk_);
   ex.bytes_out = received.body_bytes;
   if (received.read_error) {
     // The response is already under way: the only honest signal left is to cut the connection.

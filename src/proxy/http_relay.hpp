@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace portcullis::proxy {
@@ -28,13 +29,14 @@ struct RelayResult {
   explicit operator bool() const noexcept { return !read_error && !write_error; }
 };
 
-// Writes the (already transformed) header, then the body if `with_body`.
+// Writes the (already transformed) header, then the body if `with_body`. `preread` is the
+// number of body bytes already read into `chunk` (the first piece, read before forwarding).
 template <class In, class Out, bool isRequest>
 boost::asio::awaitable<RelayResult> relay_message(
     In& in, boost::beast::flat_buffer& in_buffer,
     boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser, Out& out,
     bool with_body, std::chrono::milliseconds read_timeout, std::chrono::milliseconds write_timeout,
-    std::vector<char>& chunk) {
+    std::vector<char>& chunk, std::optional<std::size_t> preread = std::nullopt) {
   namespace http = boost::beast::http;
   using boost::asio::as_tuple;
   using boost::asio::use_awaitable;
@@ -53,7 +55,12 @@ boost::asio::awaitable<RelayResult> relay_message(
 
   auto& body = parser.get().body();
   do {
-    if (!parser.is_done()) {
+    if (preread) {
+      body.data = *preread ? chunk.data() : nullptr;
+      body.size = *preread;
+      body.more = !parser.is_done();
+      preread.reset();
+    } else if (!parser.is_done()) {
       body.data = chunk.data();
       body.size = chunk.size();
       boost::beast::get_lowest_layer(in).expires_after(read_timeout);

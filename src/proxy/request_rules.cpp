@@ -137,6 +137,72 @@ std::optional<Rejection> validate_request(const http::request_header<>& req, std
   return std::nullopt;
 }
 
+HeaderScan scan_header_section(std::string_view data) {
+  const auto invalid = [](std::string_view reason) {
+    HeaderScan scan;
+    scan.state = HeaderScan::State::invalid;
+    scan.rejection = Rejection{http::status::bad_request, std::string(reason)};
+    return scan;
+  };
+  std::size_t pos = 0;
+  for (bool first_line = true;; first_line = false) {
+    const auto nl = data.find('\n', pos);
+    const auto line = data.substr(pos, nl == std::string_view::npos ? data.npos : nl - pos);
+    if (line.find('\0') != std::string_view::npos) return invalid("nul_in_header");
+    if (nl == std::string_view::npos) {
+      // A CR not followed by LF can already be judged when more bytes follow it.
+      const auto cr = line.find('\r');
+      if (cr != std::string_view::npos && cr + 1 < line.size()) return invalid("bare_cr");
+      return HeaderScan{};
+    }
+    if (line.empty() || line.back() != '\r') return invalid("bare_lf");
+    const auto content = line.substr(0, line.size() - 1);
+    if (content.find('\r') != std::string_view::npos) return invalid("bare_cr");
+    pos = nl + 1;
+    if (first_line) {
+      if (content.empty() || content.front() == ' ' || content.front() == '\t')
+        return invalid("bad_request_line");
+      continue;
+    }
+    if (content.empty()) {
+      HeaderScan scan;
+      scan.state = HeaderScan::State::complete;
+      scan.length = pos;
+      return scan;
+    }
+    if (content.front() == ' ' || content.front() == '\t') return invalid("obs_fold");
+    const auto colon = content.find(':');
+    if (colon == 0) return invalid("empty_header_name");
+    if (colon == std::string_view::npos) return invalid("bad_header_line");
+    if (boost::beast::iequals(content.substr(0, colon), "transfer-encoding")) {
+      auto value = content.substr(colon + 1);
+      if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+      if (value != trim(value) || value.find('\t') != std::string_view::npos ||
+          value.find("  ") != std::string_view::npos) {
+        return invalid("obfuscated_transfer_encoding");
+      }
+    }
+  }
+}
+
+std::string route_label(const config::Route& route) {
+  return route.match.host + route.match.path_prefix;
+}
+
+bool is_retry_safe(http::verb method) {
+  switch (method) {
+    case http::verb::get:
+    case http::verb::head:
+    case http::verb::options:
+    case http::verb::trace:
+    case http::verb::put:
+    case http::verb::delete_:
+      return true;
+    default:
+      return false;
+  }
+}
+
 const config::Route* select_route(const config::Listener& listener, std::string_view host,
                                   std::string_view path) {
   const config::Route* best = nullptr;

@@ -1,9 +1,14 @@
 #include "portcullis/upstream/connection_pool.hpp"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
 
 #include <sys/socket.h>
 
@@ -12,12 +17,9 @@ namespace portcullis::upstream {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string pool_key(const config::Upstream& upstream, const config::HostPort& endpoint) {
-  return upstream.name + "/" + endpoint.to_string();
-}
 
 // A pooled connection the upstream has closed (or sent stray bytes on) must not be reused:
 // peek without blocking; "would block" is the only healthy answer.
@@ -27,62 +29,124 @@ bool still_open(tcp::socket& socket) {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+bool is_ip_literal(const std::string& host) {
+  boost::system::error_code ec;
+  net::ip::make_address(host, ec);
+  return !ec;
+}
+
 }  // namespace
 
 ConnectionPool::ConnectionPool(net::any_io_executor executor) : executor_(std::move(executor)) {}
 
-net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream) {
+ConnectionPool::Endpoint& ConnectionPool::endpoint(const config::Upstream& upstream,
+                                                   const config::HostPort& address,
+                                                   HealthTable* health) {
+  const auto key = upstream.name + "/" + address.to_string();
+  auto& e = endpoints_[key];
+  if (!e.health && health) e.health = &health->state(key);
+  return e;
+}
+
+// DNS answers are reused for the upstream's resolve_interval, so a name that moves is followed
+// without a resolver round trip per connection; a failed refresh keeps the last good answer.
+net::awaitable<boost::system::error_code> ConnectionPool::resolve(const config::Upstream& upstream,
+                                                                  const config::HostPort& address,
+                                                                  Endpoint& e) {
+  const auto now = Clock::now();
+  const bool fresh = !e.addresses.empty() && (is_ip_literal(address.host) ||
+                                              now - e.resolved_at < upstream.resolve_interval);
+  if (fresh) co_return boost::system::error_code{};
+  tcp::resolver resolver(executor_);
+  auto [ec, results] = co_await resolver.async_resolve(address.host, std::to_string(address.port),
+                                                       net::as_tuple(net::use_awaitable));
+  if (ec) {
+    if (!e.addresses.empty()) {
+      spdlog::warn("upstream resolve failed upstream={} host={} error=\"{}\"; keeping last answer",
+                   upstream.name, address.host, ec.message());
+      co_return boost::system::error_code{};
+    }
+    co_return ec;
+  }
+  e.addresses = std::move(results);
+  e.resolved_at = now;
+  co_return boost::system::error_code{};
+}
+
+net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, HealthTable& health,
+                                              std::string_view avoid) {
   const auto count = upstream.endpoints.size();
-  auto& position = next_[upstream.name];
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = Clock::now();
   boost::system::error_code last_error = net::error::host_not_found;
 
-  for (std::size_t attempt = 0; attempt < count; ++attempt) {
-    const auto& endpoint = upstream.endpoints[position++ % count];
-    const auto key = pool_key(upstream, endpoint);
+  std::vector<Endpoint*> state(count);
+  for (std::size_t i = 0; i < count; ++i)
+    state[i] = &endpoint(upstream, upstream.endpoints[i], &health);
 
-    auto& idle = idle_[key];
-    while (!idle.empty()) {
-      Idle candidate = std::move(idle.back());
-      idle.pop_back();
+  // Balancing order: a rotating start (round-robin, and the tie-break among equally loaded
+  // endpoints), then fewest requests in flight first when so configured; ejected endpoints and
+  // the one a retry must avoid go last, still tried when nothing else answers.
+  std::vector<std::size_t> order(count);
+  const auto start = next_[upstream.name]++;
+  for (std::size_t i = 0; i < count; ++i) order[i] = (start + i) % count;
+  if (upstream.balance == config::Balance::least_outstanding) {
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return state[a]->health->outstanding.load(std::memory_order_relaxed) <
+             state[b]->health->outstanding.load(std::memory_order_relaxed);
+    });
+  }
+  std::stable_partition(order.begin(), order.end(), [&](std::size_t i) {
+    return !state[i]->health->ejected(now) && upstream.endpoints[i].to_string() != avoid;
+  });
+
+  for (const auto i : order) {
+    const auto& address = upstream.endpoints[i];
+    auto& e = *state[i];
+
+    while (!e.idle.empty()) {
+      Idle candidate = std::move(e.idle.back());
+      e.idle.pop_back();
       if (now - candidate.since < upstream.idle_timeout && still_open(candidate.stream.socket())) {
-        co_return Lease{std::move(candidate.stream), endpoint.to_string(), true};
+        co_return Lease{std::move(candidate.stream), address.to_string(), true,
+                        Outstanding(e.health)};
       }
     }
 
-    beast::tcp_stream stream(executor_);
-    tcp::resolver resolver(executor_);
-    stream.expires_after(upstream.connect_timeout);
-    auto [rec, results] = co_await resolver.async_resolve(
-        endpoint.host, std::to_string(endpoint.port), net::as_tuple(net::use_awaitable));
-    if (rec) {
-      last_error = rec;
+    if (const auto ec = co_await resolve(upstream, address, e)) {
+      last_error = ec;
+      health.connect_failed(*e.health, upstream, address.to_string());
       continue;
     }
+    beast::tcp_stream stream(executor_);
+    stream.expires_after(upstream.connect_timeout);
     auto [cec, connected] =
-        co_await stream.async_connect(results, net::as_tuple(net::use_awaitable));
+        co_await stream.async_connect(e.addresses, net::as_tuple(net::use_awaitable));
     if (cec) {
       last_error = cec;
+      health.connect_failed(*e.health, upstream, address.to_string());
       continue;
     }
+    health.connected(*e.health);
     stream.socket().set_option(tcp::no_delay(true));
-    co_return Lease{std::move(stream), endpoint.to_string(), false};
+    co_return Lease{std::move(stream), address.to_string(), false, Outstanding(e.health)};
   }
   throw boost::system::system_error(last_error);
 }
 
 void ConnectionPool::release(const config::Upstream& upstream, Lease lease) {
-  // The endpoint is recovered from the lease's text form; pools are keyed the same way.
-  const auto key = upstream.name + "/" + lease.endpoint;
-  auto& idle = idle_[key];
-  if (static_cast<int>(idle.size()) >= upstream.max_idle_connections) return;
-  lease.stream.expires_never();
-  idle.push_back(Idle{std::move(lease.stream), std::chrono::steady_clock::now()});
+  for (const auto& address : upstream.endpoints) {
+    if (address.to_string() != lease.endpoint) continue;
+    auto& idle = endpoint(upstream, address, nullptr).idle;
+    if (static_cast<int>(idle.size()) >= upstream.max_idle_connections) return;
+    lease.stream.expires_never();
+    idle.push_back(Idle{std::move(lease.stream), Clock::now()});
+    return;
+  }
 }
 
 std::size_t ConnectionPool::idle_connections() const noexcept {
   std::size_t n = 0;
-  for (const auto& [key, list] : idle_) n += list.size();
+  for (const auto& [key, e] : endpoints_) n += e.idle.size();
   return n;
 }
 

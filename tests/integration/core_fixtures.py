@@ -172,9 +172,11 @@ def client_context(pki, client=None, chain=True, minimum=None, maximum=None):
 class TlsConnection:
     """One TLS connection to the gateway; requests are written byte for byte as given."""
 
-    def __init__(self, port, context, timeout=30):
+    def __init__(self, port, context, timeout=30, server_hostname="localhost"):
+        """`server_hostname` is sent as SNI; None sends none (the context must then not check
+        the host name)."""
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.sock = context.wrap_socket(raw, server_hostname=server_hostname)
         self.buffer = b""
 
     def close(self):

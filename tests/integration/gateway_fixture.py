@@ -59,8 +59,12 @@ class EchoUpstream:
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def stats(self):
+        """{"requests", "connections", "bytes_received"}, /__stats requests not counted."""
+        return json.loads(http_get(self.url("/__stats"))[1])
+
     def requests(self):
-        return json.loads(http_get(self.url("/__stats"))[1])["requests"]
+        return self.stats()["requests"]
 
     def stop(self):
         self.proc.terminate()
@@ -72,7 +76,7 @@ class Gateway:
 
     def __init__(self, server_chain, server_key, truststore, upstream_port, extra="", wait_ready=True,
                  listener_extra="", tls_extra="", routes=None, upstreams=None,
-                 log_level="debug", access_log="off", shutdown_grace="5s"):
+                 log_level="debug", access_log="off", shutdown_grace="5s", runtime_extra=""):
         """`tls_extra` is appended inside the listener's tls map (", min_version: ..."), `routes`
         and `upstreams` replace the single catch-all route to the upstream `app`."""
         self.port = free_port()
@@ -96,7 +100,7 @@ class Gateway:
 {routes}upstreams:
 {upstreams}admin: {{ address: 127.0.0.1:{self.admin_port} }}
 logging: {{ level: {log_level}, access_log: {access_log} }}
-runtime: {{ io_threads: 2, shutdown_grace: {shutdown_grace} }}
+runtime: {{ io_threads: 2, shutdown_grace: {shutdown_grace}{runtime_extra} }}
 {extra}""")
         self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
         self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,

@@ -6,6 +6,8 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +59,12 @@ class Metrics {
   void request(int status, double seconds) noexcept;
   void bad_request() noexcept;  // malformed request refused before any forwarding
   void upstream_error(UpstreamError error) noexcept;
+  // A request refused by a route's allow rules. Label values are bounded by the configuration
+  // (listener names, route matches, reason codes), so the series count stays small.
+  void authz_denied(std::string_view listener, std::string_view route, std::string_view reason);
+  // Upstream endpoint events: "ejected" after repeated connect failures, "retried" when a safe
+  // request was sent again on another endpoint.
+  void upstream_event(std::string_view upstream, std::string_view endpoint, std::string_view event);
   void config_reload(bool ok) noexcept;
 
   std::uint64_t active_connections() const noexcept;
@@ -73,6 +81,10 @@ class Metrics {
   std::atomic<std::uint64_t> bad_requests_{0};
   std::array<std::atomic<std::uint64_t>, static_cast<int>(UpstreamError::count_)>
       upstream_errors_{};
+  // Labelled series created on first use; a mutex is fine for these rare events.
+  mutable std::mutex labelled_mutex_;
+  std::map<std::string, std::uint64_t> authz_denied_;     // rendered label set → count
+  std::map<std::string, std::uint64_t> upstream_events_;  // rendered label set → count
   std::atomic<std::uint64_t> reloads_ok_{0};
   std::atomic<std::uint64_t> reloads_failed_{0};
 };

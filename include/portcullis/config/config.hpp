@@ -81,13 +81,24 @@ struct Listener {
   int max_connections = 10000;
 };
 
+enum class Balance { round_robin, least_outstanding };
+
 struct Upstream {
   std::string name;
-  std::vector<HostPort> endpoints;
+  std::vector<HostPort> endpoints;  // IP addresses or DNS names
+  Balance balance = Balance::round_robin;
   Duration connect_timeout{std::chrono::seconds(5)};
   Duration response_timeout{std::chrono::seconds(30)};  // until the response header arrives
   Duration idle_timeout{std::chrono::seconds(60)};      // pooled keep-alive connections
   int max_idle_connections = 32;                        // per endpoint and io thread
+  // Passive health: an endpoint whose connects fail `max_failures` times in a row is left out
+  // of balancing for `ejection_time` (0 = never eject).
+  int max_failures = 3;
+  Duration ejection_time{std::chrono::seconds(30)};
+  Duration resolve_interval{std::chrono::seconds(30)};  // how long a DNS answer is reused
+  // Send an idempotent request without a body once more, to another endpoint, when the first
+  // attempt failed before any response byte.
+  bool retry = true;
 };
 
 enum class RevocationMode { none, crl, ocsp, ocsp_then_crl, crl_then_ocsp };

@@ -5,7 +5,10 @@
 //   GET /chunked-bytes/N   the same bytes, chunked
 //   ANY /delay/MS          the echo JSON after MS milliseconds
 //   ANY /status/CODE       the echo JSON with that status
-//   GET /__stats           {"requests":N}, requests seen so far (this one not counted)
+//   GET /__stats           {"requests":N,"connections":C,"bytes_received":B}: requests seen so
+//                          far, connections that carried request bytes, request bytes
+//                          received (header and body bytes parsed, plus bytes left unparsed
+//                          when a connection ended); /__stats requests are not counted
 // Thread-safety: construct, start and stop from the executor's thread; requests() from any.
 
 #include "portcullis/config/config.hpp"

@@ -28,6 +28,28 @@ struct Rejection {
 // SNI, a Host that names the same server (421 otherwise).
 std::optional<Rejection> validate_request(const http::request_header<>& req, std::string_view sni);
 
+// Where a raw request header section stands, checked byte by byte before Beast's parser sees
+// it: the parser accepts obs-fold (unfolding it into the value) and trims every kind of OWS, so
+// a folded or padded Transfer-Encoding would become plain "chunked" and look innocent.
+struct HeaderScan {
+  enum class State { incomplete, complete, invalid };
+  State state = State::incomplete;
+  std::size_t length = 0;  // bytes of the header section, final empty line included
+  std::optional<Rejection> rejection;
+};
+
+// Refuses: a bare LF or bare CR as a line ending, NUL anywhere, obs-fold (a field line starting
+// with SP or HTAB), a field line without a name, and a Transfer-Encoding value padded with
+// anything but one SP after the colon. `data` may hold more than one request.
+HeaderScan scan_header_section(std::string_view data);
+
+// The label a route carries in metrics and logs: its host match followed by its path prefix.
+std::string route_label(const config::Route& route);
+
+// Idempotent methods (RFC 9110 §9.2.2): a request with one of these and no body may be sent
+// again on another connection when the first attempt failed before any response byte.
+bool is_retry_safe(http::verb method);
+
 // The host part of a Host header value, without port or IPv6 brackets, lower-cased.
 std::string host_of(std::string_view host_header);
 
