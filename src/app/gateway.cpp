@@ -23,6 +23,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <optional>
 #include <thread>
 
 namespace portcullis::app {
@@ -44,7 +46,14 @@ struct Gateway::Impl {
   std::string last_reload_error;
   std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
 
+  // runtime.watch_interval: the files as they were at the last reload, and as last seen when
+  // they differ (a reload waits until two looks agree, so a file being written settles first).
+  std::optional<net::steady_timer> watch_timer;
+  std::string watched, pending;
+
   std::shared_ptr<const proxy::Snapshot> current() const { return snapshot.load(); }
+  std::string file_stamps() const;
+  void watch_files();
   bool is_ready() const;
   std::string status_json() const;
   admin::Response reload();
@@ -185,11 +194,14 @@ admin::Response Gateway::Impl::reload() {
   notify_reloading();
   // Whatever the outcome, the service manager hears that the gateway serves again.
   struct ReadyAgain {
-    const Impl& impl;
+    Impl& impl;
     ~ReadyAgain() {
       notify_ready(impl.last_reload_error.empty()
                        ? "serving"
                        : "serving; last reload failed: " + impl.last_reload_error);
+      // The configuration now in force may name other files; watch those from here on.
+      impl.watched = impl.file_stamps();
+      impl.pending.clear();
     }
   } ready_again{*this};
   try {
@@ -233,11 +245,53 @@ admin::Response Gateway::Impl::reload() {
   }
 }
 
+// The files a configuration is made of, with what identifies their content cheaply.
+std::string Gateway::Impl::file_stamps() const {
+  const auto& cfg = *current()->config;
+  std::vector<std::filesystem::path> files{cfg.source};
+  for (const auto& l : cfg.listeners) {
+    files.insert(files.end(), {l.tls.certificate, l.tls.private_key, l.tls.session_ticket_keys,
+                               l.client_auth.truststore});
+  }
+  for (const auto& source : cfg.revocation.crl.sources) files.push_back(source.file);
+  std::string out;
+  for (const auto& file : files) {
+    if (file.empty()) continue;
+    std::error_code ec;
+    // Follows symbolic links, as Kubernetes swaps mounted ConfigMaps and Secrets by relinking.
+    const auto mtime = std::filesystem::last_write_time(file, ec);
+    const auto size = ec ? 0 : std::filesystem::file_size(file, ec);
+    out += ec ? fmt::format("{}|missing;", file.string())
+              : fmt::format("{}|{}|{};", file.string(), mtime.time_since_epoch().count(), size);
+  }
+  return out;
+}
+
+void Gateway::Impl::watch_files() {
+  const auto interval = current()->config->runtime.watch_interval;
+  if (interval.count() <= 0 || stopping) return;
+  if (!watch_timer) watch_timer.emplace(control);
+  watch_timer->expires_after(interval);
+  watch_timer->async_wait([this](boost::system::error_code ec) {
+    if (ec || stopping) return;
+    if (const auto now = file_stamps(); now != watched) {
+      if (now == pending) {
+        spdlog::info("configuration files changed; reloading");
+        reload();
+      } else {
+        pending = now;
+      }
+    }
+    watch_files();
+  });
+}
+
 void Gateway::Impl::begin_shutdown(std::string_view why) {
   if (stopping) return;
   stopping = true;
   ready = false;
   notify_stopping();
+  if (watch_timer) watch_timer->cancel();
   spdlog::info("shutting down ({}): no new connections, finishing requests in flight", why);
   services.draining = true;
   for (auto& l : listeners) l->stop();
@@ -347,6 +401,8 @@ int Gateway::run(std::function<void()> on_ready) {
                config::HostPort{cfg.admin.address.host, s.admin->port()}.to_string());
   if (on_ready) on_ready();
   notify_ready(fmt::format("serving on {}", s.listeners.front()->address()));
+  s.watched = s.file_stamps();
+  s.watch_files();
 
   s.control.run();
   for (auto& w : s.workers) w->stop();

@@ -909,9 +909,10 @@ LoadResult parse_config(std::string_view yaml, const fs::path& file) {
     }
   }
   if (const auto runtime = root["runtime"]; runtime.IsDefined()) {
-    if (l.map(runtime, "runtime", {"io_threads", "shutdown_grace"})) {
+    if (l.map(runtime, "runtime", {"io_threads", "shutdown_grace", "watch_interval"})) {
       l.integer(runtime, "runtime", "io_threads", cfg.runtime.io_threads, 0, 1024);
       l.duration(runtime, "runtime", "shutdown_grace", cfg.runtime.shutdown_grace);
+      l.duration(runtime, "runtime", "watch_interval", cfg.runtime.watch_interval);
     }
   }
 

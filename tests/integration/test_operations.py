@@ -269,6 +269,35 @@ class Lifecycle(unittest.TestCase):
         self.assertIn("200", get(self.pki.client_context(), gateway.port)[0])
         self.assertEqual(gateway.admin("/readyz")[0], 200)
 
+    def test_changed_files_are_reloaded_without_a_signal_when_watching(self):
+        live_dir = tempfile.mkdtemp(prefix="portcullis-ops-watch-", dir=self.pki.dir)
+        chain = os.path.join(live_dir, "server-chain.pem")
+        key = os.path.join(live_dir, "server.key")
+        shutil.copy(self.pki.server["chain"], chain)
+        shutil.copy(self.pki.server["key"], key)
+        gateway = Gateway(chain, key, self.pki.truststore, self.upstream.port,
+                          runtime_extra=", watch_interval: 100ms")
+        self.addCleanup(gateway.stop)
+        context = self.pki.client_context()
+        self.assertEqual(fingerprint(get(context, gateway.port)[3]), file_fingerprint(self.pki.server["cert"]))
+        # A certificate and key replaced on disk, with no signal and no admin call.
+        shutil.copy(self.pki.server_next["key"], key + ".new")
+        shutil.copy(self.pki.server_next["chain"], chain + ".new")
+        os.replace(key + ".new", key)
+        os.replace(chain + ".new", chain)
+        new = file_fingerprint(self.pki.server_next["cert"])
+        wait_for(lambda: fingerprint(get(context, gateway.port)[3]) == new, timeout=20,
+                 what="the new certificate served after the files changed")
+        self.assertEqual(gateway.metric('portcullis_config_reloads_total{result="ok"}'), 1)
+        # A broken edit is refused like any reload, once, and the gateway serves on.
+        with open(gateway.config) as f:
+            good = f.read()
+        with open(gateway.config, "w") as f:
+            f.write(good.replace("handshake_timeout: 5s", "handshake_timeout: soon"))
+        wait_for(lambda: gateway.metric('portcullis_config_reloads_total{result="failed"}') == 1,
+                 timeout=20, what="the broken edit noticed")
+        self.assertIn("200", get(context, gateway.port)[0])
+
     def test_certificate_rotation_reaches_new_connections_only(self):
         live_dir = tempfile.mkdtemp(prefix="portcullis-ops-cert-", dir=self.pki.dir)
         chain = os.path.join(live_dir, "server-chain.pem")

@@ -152,6 +152,9 @@ struct Logging {
 struct Runtime {
   int io_threads = 0;  // 0 = number of cores
   Duration shutdown_grace{std::chrono::seconds(10)};
+  // Reload when the config file or a file it names (certificate, key, truststore, ticket keys,
+  // local CRL) changes, checked this often; 0 = only on SIGHUP and POST /reload.
+  Duration watch_interval{0};
 };
 
 struct Config {
