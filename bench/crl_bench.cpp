@@ -8,6 +8,7 @@
 // Run `measure` in a fresh process so its RSS reflects only what the index keeps.
 
 #include "portcullis/revocation/crl.hpp"
+#include "portcullis/revocation/crl_checker.hpp"
 #include "portcullis/revocation/revocation_index.hpp"
 #include "portcullis/tls/pki_builder.hpp"
 
@@ -217,21 +218,20 @@ int measure(const std::string& dir) {
   const double verify_ms = ms_since(t);
   t = Clock::now();
   auto entry = std::make_shared<revocation::IssuerRevocations>();
-  entry->issuer_key = revocation::key_hash_of(ca.get());
-  // What parse_crl reserved: the capacity an index keeps unless it is shrunk.
+  entry->set_issuer(ca.get());
+  // What parse_crl reserved: held only until the SerialSet is built.
   const auto parsed_capacity = parsed.revoked.capacity();
-  entry->revoked = std::move(parsed.revoked);
-  entry->revoked.shrink_to_fit();
-  const auto n = entry->revoked.size();
-  std::vector<revocation::Serial> probes(entry->revoked.begin(),
-                                         entry->revoked.begin() + std::min<std::size_t>(n, 1000));
-  revocation::RevocationIndex index({entry});
+  t = Clock::now();
+  entry->revoked = revocation::SerialSet(std::move(parsed.revoked));
   const double index_ms = ms_since(t);
+  const auto n = entry->revoked.size();
+  revocation::RevocationIndex index({entry});
   parsed = {};
   bytes.clear();
   bytes.shrink_to_fit();
   malloc_trim(0);  // return freed parse buffers, so RSS shows what the index keeps
   const long rss_index = rss_kib();
+  const std::vector<revocation::Serial> listed(entry->revoked.begin(), entry->revoked.end());
 
   // Lookups: half present (drawn from the whole list), half absent (shaped like the generated
   // serials, so a search runs as deep as for a real certificate), in random order. A second set
@@ -251,24 +251,46 @@ int measure(const std::string& dir) {
     return ms_since(start) * 1e6 / static_cast<double>(keys.size());
   };
   std::vector<revocation::Serial> keys, hot_keys;
+  const std::size_t hot = std::min<std::size_t>(listed.size(), 1000);
   for (int i = 0; i < 1'000'000; ++i) {
-    keys.push_back(i % 2 && n ? entry->revoked[rng() % n] : random_serial());
-    hot_keys.push_back(i % 2 && !probes.empty() ? probes[rng() % probes.size()] : random_serial());
+    keys.push_back(i % 2 && n ? listed[rng() % listed.size()] : random_serial());
+    hot_keys.push_back(i % 2 && hot ? listed[rng() % hot] : random_serial());
   }
   std::size_t hits = 0, hot_hits = 0;
   const double lookup_ns = time_lookups(keys, hits);
   const double hot_lookup_ns = time_lookups(hot_keys, hot_hits);
 
-  // What the verify callback pays per certificate: the issuer's key hash (SHA-1 of its public
-  // key) and the serial are taken from the certificates, then the search runs.
-  // (Both live in another translation unit and are called as written.)
-  constexpr int cert_rounds = 200'000;
+  // What the verify callback pays per certificate: the issuer's entry is found from the CA
+  // certificate, the serial is taken from the client certificate, then the search runs. 4096
+  // client certificates (half listed) with random serials, so the serial searches miss the
+  // cache as they would across a fleet of clients.
+  std::vector<tls::X509Ptr> certs;
+  for (int i = 0; i < 4096; ++i) {
+    tls::X509Ptr c(X509_dup(ca.get()));
+    const auto s = i % 2 && n ? listed[rng() % listed.size()] : random_serial();
+    tls::BignumPtr bn(BN_bin2bn(s.data(), static_cast<int>(s.size()), nullptr));
+    tls::Asn1IntegerPtr serial(BN_to_ASN1_INTEGER(bn.get(), nullptr));
+    X509_set_serialNumber(c.get(), serial.get());
+    certs.push_back(std::move(c));
+  }
+  revocation::CrlChecker checker(config::OnUnknown::deny, std::chrono::hours(1));
+  checker.publish(std::make_shared<const revocation::RevocationIndex>(
+      std::vector<std::shared_ptr<const revocation::IssuerRevocations>>{entry}));
+  constexpr int cert_rounds = 1'000'000;
   t = Clock::now();
-  for (int i = 0; i < cert_rounds; ++i) (void)revocation::key_hash_of(ca.get());
-  const double key_hash_ns = ms_since(t) * 1e6 / cert_rounds;
+  for (int i = 0; i < 200'000; ++i) (void)revocation::key_hash_of(ca.get());
+  const double key_hash_ns = ms_since(t) * 1e6 / 200'000;
+  std::size_t cert_hits = 0, check_revoked = 0;
   t = Clock::now();
-  for (int i = 0; i < cert_rounds; ++i) (void)index.lookup(ca.get(), ca.get());
+  for (int i = 0; i < cert_rounds; ++i)
+    cert_hits += index.lookup(certs[i & 4095].get(), ca.get()) ==
+                 revocation::RevocationIndex::Result::revoked;
   const double cert_lookup_ns = ms_since(t) * 1e6 / cert_rounds;
+  t = Clock::now();
+  for (int i = 0; i < cert_rounds; ++i)
+    check_revoked +=
+        checker.check(certs[i & 4095].get(), ca.get()).status == revocation::Status::revoked;
+  const double check_ns = ms_since(t) * 1e6 / cert_rounds;
 
   const auto der = read(dir + "/crl.der");
   const unsigned char* p = reinterpret_cast<const unsigned char*>(der.data());
@@ -280,25 +302,31 @@ int measure(const std::string& dir) {
       "entries                 {}\n"
       "parse (portcullis)      {:.0f} ms\n"
       "verify signature        {:.0f} ms\n"
-      "build index             {:.0f} ms\n"
+      "build index             {:.0f} ms (SerialSet: bucket, sort within buckets, deduplicate)\n"
       "fetch-to-published      {:.0f} ms (parse + verify + index; file already read)\n"
       "index memory            {:.1f} bytes/entry held ({:.1f} MiB RSS growth over the empty "
       "process; RSS {:.1f} MiB)\n"
-      "index as parsed         {:.1f} bytes/entry (capacity reserved by parse_crl, kept when "
-      "the vector is not shrunk)\n"
+      "parse buffer            {:.1f} bytes/entry (reserved by parse_crl; freed once the index "
+      "is built)\n"
       "lookup                  {:.0f} ns (1M lookups of random serials, {} hits)\n"
       "lookup, cached          {:.0f} ns (1M lookups among 1000 serials, {} hits)\n"
-      "issuer key hash         {:.0f} ns (key_hash_of: SHA-1 of the issuer's public key)\n"
-      "lookup from X509        {:.0f} ns (RevocationIndex::lookup(cert, issuer): key hash, "
-      "serial, search)\n"
+      "largest bucket          {} serials ({} buckets)\n"
+      "issuer key hash         {:.0f} ns (key_hash_of: SHA-1 of the issuer's public key; not on "
+      "the verify path)\n"
+      "lookup from X509        {:.0f} ns (RevocationIndex::lookup(cert, issuer): issuer by key "
+      "bits, serial, search; {} hits)\n"
+      "check (verify path)     {:.0f} ns (CrlChecker::check: the above, the read guard, the "
+      "clock and policy; {} revoked)\n"
       "d2i_X509_CRL (OpenSSL)  {:.0f} ms\n",
       n, parse_ms, verify_ms, index_ms, parse_ms + verify_ms + index_ms,
-      static_cast<double>(entry->revoked.capacity() * sizeof(revocation::Serial)) /
-          std::max<std::size_t>(n, 1),
+      static_cast<double>(entry->revoked.memory_bytes()) /
+          static_cast<double>(std::max<std::size_t>(n, 1)),
       (rss_index - rss_start) / 1024.0, rss_index / 1024.0,
       static_cast<double>(parsed_capacity * sizeof(revocation::Serial)) /
-          std::max<std::size_t>(n, 1),
-      lookup_ns, hits, hot_lookup_ns, hot_hits, key_hash_ns, cert_lookup_ns, openssl_ms);
+          static_cast<double>(std::max<std::size_t>(n, 1)),
+      lookup_ns, hits, hot_lookup_ns, hot_hits, entry->revoked.largest_bucket(),
+      entry->revoked.buckets(), key_hash_ns, cert_lookup_ns, cert_hits, check_ns, check_revoked,
+      openssl_ms);
   return reference ? 0 : 1;
 }
 

@@ -187,24 +187,23 @@ std::optional<Serial> serial_of(const X509* cert) noexcept {
 }
 
 ParsedCrl parse_crl(std::string_view bytes) {
-  std::string pem_der;
+  ParsedCrl crl;
   if (bytes.substr(0, 10) == "-----BEGIN" || bytes.find("-----BEGIN X509 CRL-----") < 64) {
-    pem_der = pem_to_der(bytes);
-    bytes = pem_der;
+    crl.der_from_pem = std::make_shared<const std::string>(pem_to_der(bytes));
+    bytes = *crl.der_from_pem;
   }
   const auto* data = reinterpret_cast<const std::uint8_t*>(bytes.data());
   DerReader top(data, bytes.size());
   const auto list = top.expect(tag_sequence, "CertificateList");
   if (!top.at_end()) throw CrlError("malformed CRL: trailing data after the CertificateList");
 
-  ParsedCrl crl;
   DerReader outer(list);
   const auto tbs = outer.expect(tag_sequence, "tbsCertList");
   const auto sig_alg = outer.expect(tag_sequence, "signatureAlgorithm");
   const auto sig = outer.expect(tag_bit_string, "signatureValue");
   if (sig.length < 1 || sig.content[0] != 0)
     throw CrlError("malformed CRL: bad signature bit string");
-  crl.tbs = as_string(tbs);
+  crl.tbs = std::string_view(reinterpret_cast<const char*>(tbs.start), tbs.total);
   crl.signature_alg = as_string(sig_alg);
   crl.signature.assign(reinterpret_cast<const char*>(sig.content + 1), sig.length - 1);
 
@@ -232,6 +231,7 @@ ParsedCrl parse_crl(std::string_view bytes) {
   if (!body.at_end() && body.peek_tag() == tag_sequence) {
     const auto list = body.next();
     // ~37 bytes per entry (16-byte serial, UTCTime): one allocation instead of ~20 doublings.
+    // The vector lives only until the SerialSet is built, so reserving a little more is cheap.
     crl.revoked.reserve(list.length / 32);
     DerReader entries(list);
     while (!entries.at_end()) {
@@ -250,10 +250,6 @@ ParsedCrl parse_crl(std::string_view bytes) {
   if (!body.at_end() && body.peek_tag() == tag_context_0) parse_extensions(body.next(), crl);
   if (!body.at_end()) throw CrlError("malformed CRL: unexpected data in tbsCertList");
 
-  // CAs usually emit serials in order, so this is close to linear.
-  if (!std::is_sorted(crl.revoked.begin(), crl.revoked.end()))
-    std::sort(crl.revoked.begin(), crl.revoked.end());
-  crl.revoked.erase(std::unique(crl.revoked.begin(), crl.revoked.end()), crl.revoked.end());
   return crl;
 }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <thread>
 
 namespace portcullis::revocation {
 
@@ -93,12 +94,38 @@ std::vector<IssuerRule> resolve_issuer_rules(const std::vector<config::IssuerPol
   return rules;
 }
 
+// Holds the active slot's index for the duration of one lookup.
+class CrlChecker::ReadGuard {
+ public:
+  explicit ReadGuard(const CrlChecker& checker) noexcept {
+    // seq_cst on both sides: either publish() sees this reader's count when it checks the old
+    // slot, or this reader sees that the slot is no longer active and tries again.
+    for (;;) {
+      const unsigned i = checker.active_.load(std::memory_order_seq_cst);
+      slot_ = &checker.slots_[i];
+      slot_->readers.fetch_add(1, std::memory_order_seq_cst);
+      if (checker.active_.load(std::memory_order_seq_cst) == i) return;
+      slot_->readers.fetch_sub(1, std::memory_order_release);
+    }
+  }
+  ~ReadGuard() { slot_->readers.fetch_sub(1, std::memory_order_release); }
+  ReadGuard(const ReadGuard&) = delete;
+  ReadGuard& operator=(const ReadGuard&) = delete;
+
+  const RevocationIndex& index() const noexcept { return *slot_->index; }
+
+ private:
+  Slot* slot_ = nullptr;
+};
+
 CrlChecker::CrlChecker(config::OnUnknown on_unknown, config::Duration stale_grace, Clock clock)
     : on_unknown_(on_unknown),
       stale_grace_(stale_grace),
       clock_(clock ? std::move(clock) : Clock([] { return std::chrono::system_clock::now(); })),
       index_(std::make_shared<const RevocationIndex>(
-          std::vector<std::shared_ptr<const IssuerRevocations>>{})) {}
+          std::vector<std::shared_ptr<const IssuerRevocations>>{})) {
+  slots_[0].index = index_.load();
+}
 
 void CrlChecker::set_issuer_rules(std::vector<IssuerRule> rules) {
   rules_ = std::move(rules);
@@ -109,8 +136,20 @@ void CrlChecker::set_discovery(std::shared_ptr<DiscoveryQueue> queue) {
 }
 
 void CrlChecker::publish(std::shared_ptr<const RevocationIndex> index) noexcept {
-  index_.store(std::move(index), std::memory_order_release);
+  const auto drain = [](const Slot& slot) {
+    while (slot.readers.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  };
+  std::lock_guard lock(publish_mutex_);
+  index_.store(index, std::memory_order_release);
+  const unsigned old = active_.load(std::memory_order_relaxed);
+  Slot& next = slots_[old ^ 1];
+  // Readers counted on the idle slot are on their way out: it was not active when they checked.
+  drain(next);
+  next.index = std::move(index);
+  active_.store(old ^ 1, std::memory_order_seq_cst);
   generation_.fetch_add(1, std::memory_order_acq_rel);
+  drain(slots_[old]);
+  slots_[old].index.reset();
 }
 
 std::shared_ptr<const RevocationIndex> CrlChecker::current() const noexcept {
@@ -123,12 +162,12 @@ bool CrlChecker::usable(const std::optional<std::chrono::system_clock::time_poin
 }
 
 Verdict CrlChecker::lookup(X509* cert, X509* issuer) const noexcept {
-  return lookup(cert, key_hash_of(issuer));
+  const ReadGuard guard(*this);
+  return lookup(guard.index(), cert, issuer);
 }
 
-Verdict CrlChecker::lookup(X509* cert, const KeyHash& issuer_key) const noexcept {
-  const auto index = current();
-  const auto* entry = index->issuer(issuer_key);
+Verdict CrlChecker::lookup(const RevocationIndex& index, X509* cert, X509* issuer) const noexcept {
+  const auto* entry = index.issuer(issuer);
   if (!entry) return Verdict{Status::unknown, reason::no_crl_for_issuer};
   // Past nextUpdate a CRL is stale but still enforced within the grace; beyond it, unusable.
   if (!usable(entry->next_update, clock_())) return Verdict{Status::unknown, reason::crl_expired};
@@ -156,8 +195,7 @@ config::OnUnknown CrlChecker::on_unknown_for(X509* issuer,
 }
 
 Verdict CrlChecker::check(X509* cert, X509* issuer) const noexcept {
-  const auto key = key_hash_of(issuer);
-  auto verdict = lookup(cert, key);
+  auto verdict = lookup(cert, issuer);
   switch (verdict.status) {
     case Status::good:
       return verdict;
@@ -168,6 +206,8 @@ Verdict CrlChecker::check(X509* cert, X509* issuer) const noexcept {
       break;
   }
   const bool no_crl = verdict.reason == reason::no_crl_for_issuer;
+  // Only here, for an issuer without a usable CRL, is the key's digest needed.
+  const auto key = key_hash_of(issuer);
   // The refresher reads the certificate's CRL Distribution Points in the background.
   if (no_crl && discovery_) discovery_->offer(cert, issuer, key);
   if (on_unknown_for(issuer, key) == config::OnUnknown::allow) {

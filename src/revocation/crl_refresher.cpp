@@ -396,12 +396,13 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
 
     auto entry = std::make_shared<IssuerRevocations>();
     entry->issuer_key = issuer_key;
+    entry->issuer_public_key = std::string(public_key_bits(issuer));
     entry->issuer_subject = tls::subject_of(issuer);
     entry->source = source_name;
     entry->this_update = parsed.this_update;
     entry->next_update = parsed.next_update;
     entry->crl_number = parsed.crl_number.value_or("");
-    entry->revoked = std::move(parsed.revoked);
+    entry->revoked = SerialSet(std::move(parsed.revoked));
     entry->oversized_serials = std::move(parsed.oversized_serials);
 
     std::lock_guard lock(mutex);

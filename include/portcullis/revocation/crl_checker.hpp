@@ -2,7 +2,8 @@
 // The revocation Checker backed by CRLs: looks certificates up in the current RevocationIndex
 // and applies the fail-open / fail-closed policy, global or per issuer, to anything it cannot
 // decide. Revoked is always denied.
-// Thread-safety: check(), lookup() and current() from any thread, concurrently with publish().
+// Thread-safety: check(), lookup() and current() from any thread, concurrently with publish();
+// check() and lookup() take no locks and allocate nothing.
 // set_issuer_rules() and set_discovery() configure the checker before its first check and are
 // not safe to call while it is in use.
 
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace portcullis::revocation {
@@ -73,7 +75,10 @@ class CrlChecker : public Checker {
   // Certificates whose issuer has no CRL are offered to `queue` (CRL discovery).
   void set_discovery(std::shared_ptr<DiscoveryQueue> queue);
 
+  // Swaps in a new index. Returns once no verify-path reader uses the previous one, so its
+  // memory is released here (on the publishing thread) unless current() callers still hold it.
   void publish(std::shared_ptr<const RevocationIndex> index) noexcept;
+  // For status and tools; the verify path reads the index without touching a reference count.
   std::shared_ptr<const RevocationIndex> current() const noexcept;
 
   // Certificates refused by check(), and unknown ones admitted by policy, by reason.
@@ -84,8 +89,19 @@ class CrlChecker : public Checker {
   Counters counters() const noexcept;
 
  private:
-  Verdict lookup(X509* cert, const KeyHash& issuer_key) const noexcept;
+  Verdict lookup(const RevocationIndex& index, X509* cert, X509* issuer) const noexcept;
   config::OnUnknown on_unknown_for(X509* issuer, const KeyHash& issuer_key) const noexcept;
+
+  // The verify path reads the index through two slots with a reader count each, not through
+  // std::atomic<std::shared_ptr> (which libstdc++ implements with a spin lock, and whose
+  // reference count every io thread would write): a reader counts itself in on the active slot
+  // and proceeds if that slot is still active; publish() fills the idle slot, makes it active
+  // and waits for the previous slot's readers to leave before releasing the old index.
+  struct alignas(64) Slot {
+    std::atomic<std::uint64_t> readers{0};
+    std::shared_ptr<const RevocationIndex> index;
+  };
+  class ReadGuard;
 
   enum Counter { revoked_, denied_no_crl_, denied_expired_, allowed_no_crl_, allowed_expired_ };
 
@@ -95,6 +111,9 @@ class CrlChecker : public Checker {
   std::vector<IssuerRule> rules_;
   std::shared_ptr<DiscoveryQueue> discovery_;
   std::atomic<std::shared_ptr<const RevocationIndex>> index_;
+  mutable std::array<Slot, 2> slots_;
+  std::atomic<unsigned> active_{0};
+  std::mutex publish_mutex_;
   std::atomic<std::uint64_t> generation_{1};
   mutable std::array<std::atomic<std::uint64_t>, 5> counters_{};
 };

@@ -41,10 +41,10 @@ config::IssuerPolicy subject_rule(std::vector<std::pair<std::string, std::string
 std::shared_ptr<const revocation::RevocationIndex> index_for(
     X509* ca, X509* revoked, std::chrono::system_clock::time_point next_update) {
   auto entry = std::make_shared<revocation::IssuerRevocations>();
-  entry->issuer_key = revocation::key_hash_of(ca);
+  entry->set_issuer(ca);
   entry->this_update = next_update - std::chrono::hours(2);
   entry->next_update = next_update;
-  if (revoked) entry->revoked.push_back(*revocation::serial_of(revoked));
+  if (revoked) entry->revoked = revocation::SerialSet({*revocation::serial_of(revoked)});
   return std::make_shared<const revocation::RevocationIndex>(
       std::vector<std::shared_ptr<const revocation::IssuerRevocations>>{entry});
 }
