@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -571,6 +572,46 @@ class TlsFront(unittest.TestCase):
         self.assertEqual(UPSTREAM.requests(), before)
         wait_for(lambda: gateway.metric('portcullis_handshakes_total{result="protocol_error"}') >= 1,
                  what="the refused TLS 1.2 handshake in /metrics")
+
+    def s_client(self, gateway, *args):
+        """openssl s_client with the good client certificate; (exit code, output)."""
+        p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gateway.port}",
+                            "-servername", "localhost", "-CAfile", PKI.root.cert,
+                            "-cert", PKI.good["chain"], "-key", PKI.good["key"], "-ign_eof", *args],
+                           input="GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                           capture_output=True, text=True, timeout=20)
+        return p.returncode, p.stdout + p.stderr
+
+    def test_configured_tls12_ciphers_and_tls13_suites_are_the_only_ones_accepted(self):
+        gateway = start_gateway(tls_extra=", ciphers: ECDHE-ECDSA-AES256-GCM-SHA384"
+                                          ", ciphersuites: TLS_AES_256_GCM_SHA384")
+        self.addCleanup(gateway.stop)
+        code, out = self.s_client(gateway, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384")
+        self.assertIn("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384", out)
+        self.assertIn("HTTP/1.1 200", out)
+        code, out = self.s_client(gateway, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("handshake failure", out)
+        code, out = self.s_client(gateway, "-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384")
+        self.assertIn("Cipher is TLS_AES_256_GCM_SHA384", out)
+        self.assertIn("HTTP/1.1 200", out)
+        code, out = self.s_client(gateway, "-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256")
+        self.assertNotEqual(code, 0, out)
+        self.assertNotIn("HTTP/1.1 200", out)
+
+    def test_a_client_silent_in_the_handshake_is_cut_off_at_the_handshake_timeout(self):
+        gateway = start_gateway(tls_extra=", handshake_timeout: 1s")
+        self.addCleanup(gateway.stop)
+        before = gateway.metric('portcullis_handshakes_total{result="timeout"}')
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as raw:
+            started = time.monotonic()
+            # Nothing is sent: the gateway must close the connection by itself.
+            self.assertEqual(raw.recv(1), b"")
+            waited = time.monotonic() - started
+        self.assertGreaterEqual(waited, 0.9)
+        self.assertLess(waited, 10)
+        wait_for(lambda: gateway.metric('portcullis_handshakes_total{result="timeout"}') == before + 1,
+                 what="the handshake timeout counted")
 
     def test_post_quantum_group_works_or_startup_names_the_missing_group(self):
         kems = subprocess.run(["openssl", "list", "-kem-algorithms"], capture_output=True, text=True)
