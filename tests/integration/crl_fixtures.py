@@ -110,7 +110,7 @@ class CertificateAuthority:
         run(*args)
         chain = os.path.join(self.dir, f"{name}-chain.pem")
         with open(chain, "w") as out:
-            out.write(open(cert).read() + open(self.cert).read())
+            out.write(read_text(cert) + read_text(self.cert))
         return {"cert": cert, "key": key, "chain": chain}
 
     def revoke(self, cert_path):
@@ -128,8 +128,14 @@ class CertificateAuthority:
             args += ["-crl_nextupdate", next_update.strftime("%Y%m%d%H%M%SZ")]
         run(*args)
         if not der:
-            return open(pem, "rb").read()
+            with open(pem, "rb") as f:
+                return f.read()
         return run_bytes("openssl", "crl", "-in", pem, "-outform", "DER")
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
 
 
 def run_bytes(*args):

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import unittest
 
-from crl_fixtures import (CertificateAuthority, CrlServer, sha256_fingerprint, self_signed_ca,
+from crl_fixtures import (CertificateAuthority, CrlServer, read_text, sha256_fingerprint, self_signed_ca,
                           utc_now)
 from gateway_fixture import BIN, EchoUpstream, Gateway, curl, http_post, wait_for
 
@@ -49,7 +49,7 @@ class PolicyCase(unittest.TestCase):
     def write_truststore(cls, *cas):
         with open(cls.truststore, "w") as f:
             for ca in cas:
-                f.write(open(ca.cert).read())
+                f.write(read_text(ca.cert))
 
     @classmethod
     def tearDownClass(cls):

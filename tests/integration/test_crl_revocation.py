@@ -9,7 +9,7 @@ import ssl
 import tempfile
 import unittest
 
-from crl_fixtures import CertificateAuthority, CrlServer, with_bad_signature
+from crl_fixtures import CertificateAuthority, CrlServer, read_text, with_bad_signature
 from gateway_fixture import BIN, EchoUpstream, Gateway, curl, http_post, wait_for
 
 
@@ -29,7 +29,7 @@ class Pki:
         self.truststore = os.path.join(self.dir, "truststore.pem")
         with open(self.truststore, "w") as f:
             for ca in (self.root, self.inter, self.inter2):
-                f.write(open(ca.cert).read())
+                f.write(read_text(ca.cert))
 
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
