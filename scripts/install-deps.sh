@@ -8,6 +8,7 @@ packages=(
   libssl-dev openssl libyaml-cpp-dev libspdlog-dev catch2 libsystemd-dev
   curl python3 python3-yaml ca-certificates procps
   systemd yamllint shellcheck  # packaging checks: systemd-analyze verify, YAML and shell lint
+  clang libclang-rt-14-dev     # libFuzzer targets (scripts/fuzz.sh)
 )
 
 missing=()
