@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -78,11 +79,16 @@ class Gateway:
                  listener_extra="", tls_extra="", routes=None, upstreams=None,
                  log_level="debug", access_log="off", shutdown_grace="5s", runtime_extra=""):
         """`tls_extra` is appended inside the listener's tls map (", min_version: ..."), `routes`
-        and `upstreams` replace the single catch-all route to the upstream `app`."""
+        and `upstreams` replace the single catch-all route to the upstream `app`.
+        `listener_extra` holds listener keys ("max_connections: 3\n"); it is re-indented to
+        the listener's level whatever indentation it was given."""
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="portcullis-gw-")
         self.config = os.path.join(self.dir, "portcullis.yaml")
+        listener_extra = textwrap.indent(textwrap.dedent(listener_extra).strip("\n"), "    ")
+        if listener_extra:
+            listener_extra += "\n"
         if routes is None:
             routes = """      - match: { host: "*", path_prefix: / }
         upstream: app

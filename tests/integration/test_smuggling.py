@@ -135,8 +135,8 @@ class Smuggling(unittest.TestCase):
 """
         cls.gateway = Gateway(PKI.server["chain"], PKI.server["key"], PKI.truststore,
                               UPSTREAM.port, routes=routes, log_level="info",
-                              listener_extra="    header_timeout: 1s\n    max_header_size: 4KiB\n"
-                                             "    max_connections: 3\n")
+                              listener_extra="header_timeout: 1s\nmax_header_size: 4KiB\n"
+                                             "max_connections: 3\n")
         cls.context = client_context(PKI, PKI.good)
 
     @classmethod
@@ -222,34 +222,52 @@ class Smuggling(unittest.TestCase):
         self.assertEqual(self.upstream_counters(), before)
 
     def test_connections_over_the_listener_limit_are_closed_and_counted(self):
-        rejected = self.gateway.metric("portcullis_connections_rejected_total")
-        held = [TlsConnection(self.gateway.port, self.context, 10) for _ in range(3)]
+        def refused_at_once():
+            started = time.monotonic()
+            try:
+                with TlsConnection(self.gateway.port, self.context, 5) as extra:
+                    extra.send(G + b"\r\n")
+                    closed = read_status(extra, 5) is None
+            except (ConnectionError, ssl.SSLError, socket.timeout):
+                closed = True
+            return closed and time.monotonic() - started < 3
+
+        def admitted():
+            try:
+                conn = TlsConnection(self.gateway.port, self.context, 5)
+                if conn.request(G + b"\r\n")[0] == 200:
+                    return conn
+                conn.close()
+            except (ConnectionError, ssl.SSLError, socket.timeout):
+                pass
+            return None
+
+        # Earlier tests' connections may still be closing: wait until three are admitted.
+        held = []
         try:
-            def refused():
-                try:
-                    with TlsConnection(self.gateway.port, self.context, 5) as extra:
-                        extra.send(G + b"\r\n")
-                        return read_status(extra, 5) is None
-                except (ConnectionError, ssl.SSLError, socket.timeout):
-                    return True
-            self.assertTrue(refused())
+            for _ in range(3):
+                held.append(wait_for(admitted, timeout=10, what="a connection below the limit"))
+            rejected = self.gateway.metric("portcullis_connections_rejected_total")
+            self.assertTrue(refused_at_once(), "a 4th concurrent connection was served")
             wait_for(lambda: self.gateway.metric("portcullis_connections_rejected_total") > rejected,
                      timeout=5, what="rejection counted")
             # Held connections still work.
             status, _, _ = held[0].request(G + b"\r\n")
             self.assertEqual(status, 200)
+            # One of the three closes: a new connection is admitted, and then the limit holds
+            # again with three open.
+            held.pop().close()
+            held.append(wait_for(admitted, timeout=10, what="a connection admitted below the limit"))
+            rejected = self.gateway.metric("portcullis_connections_rejected_total")
+            self.assertTrue(refused_at_once(), "the limit no longer held after a close")
+            wait_for(lambda: self.gateway.metric("portcullis_connections_rejected_total") > rejected,
+                     timeout=5, what="second rejection counted")
         finally:
             for conn in held:
                 conn.close()
-        # Once they close, a new connection is admitted again.
-        def admitted():
-            try:
-                with TlsConnection(self.gateway.port, self.context, 5) as conn:
-                    return conn.request(G + b"\r\n")[0] == 200
-            except (ConnectionError, ssl.SSLError, socket.timeout):
-                return False
-        wait_for(admitted, timeout=10, what="a connection admitted below the limit")
-
+            # The next test must not meet the limit these connections held.
+            wait_for(lambda: self.gateway.metric("portcullis_connections_active") == 0,
+                     timeout=10, what="held connections closed")
 
 if __name__ == "__main__":
     unittest.main()
