@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace portcullis::admin {
 
 namespace {
@@ -80,6 +82,8 @@ std::string_view to_string(UpstreamError error) {
       return "reset";
     case UpstreamError::bad_response:
       return "bad_response";
+    case UpstreamError::tls:
+      return "tls";
     case UpstreamError::count_:
       break;
   }
@@ -99,6 +103,15 @@ void Metrics::connection_closed() noexcept {
 }
 void Metrics::connection_rejected() noexcept {
   rejected_.fetch_add(1, relaxed);
+}
+
+void Metrics::tunnel_opened() noexcept {
+  tunnels_opened_.fetch_add(1, relaxed);
+  tunnels_active_.fetch_add(1, relaxed);
+}
+void Metrics::tunnel_closed(bool idle_timeout) noexcept {
+  tunnels_active_.fetch_sub(1, relaxed);
+  if (idle_timeout) tunnels_idle_closed_.fetch_add(1, relaxed);
 }
 
 void Metrics::handshake(HandshakeResult result, double seconds) noexcept {
@@ -215,6 +228,18 @@ std::string Metrics::render() const {
       out += fmt::format("portcullis_upstream_endpoint_events_total{{{}}} {}\n", labels, n);
     }
   }
+  render_counter_header(out, "portcullis_websocket_tunnels_total",
+                        "WebSocket tunnels opened after an upstream's 101.");
+  out += fmt::format("portcullis_websocket_tunnels_total {}\n", tunnels_opened_.load(relaxed));
+  out +=
+      "# HELP portcullis_websocket_tunnels_active WebSocket tunnels currently open.\n"
+      "# TYPE portcullis_websocket_tunnels_active gauge\n";
+  out += fmt::format("portcullis_websocket_tunnels_active {}\n",
+                     std::max<std::int64_t>(0, tunnels_active_.load(relaxed)));
+  render_counter_header(out, "portcullis_websocket_tunnel_idle_closes_total",
+                        "WebSocket tunnels closed after the idle timeout.");
+  out += fmt::format("portcullis_websocket_tunnel_idle_closes_total {}\n",
+                     tunnels_idle_closed_.load(relaxed));
   render_counter_header(out, "portcullis_config_reloads_total", "Configuration reloads by result.");
   out += fmt::format("portcullis_config_reloads_total{{result=\"ok\"}} {}\n",
                      reloads_ok_.load(relaxed));

@@ -26,6 +26,7 @@ constexpr const char* usage = R"(usage:
   portcullis check-cert --config FILE --cert CERT.pem [--chain FILE] [--listener NAME]
              [--at UNIX_TIME] [--crl FILE]... [--host HOST] [--path PATH] [--offline]
   portcullis echo-upstream --listen HOST:PORT [--threads N]
+                           [--tls-cert FILE --tls-key FILE [--require-client-ca FILE]]
   portcullis --version
 )";
 
@@ -120,11 +121,24 @@ int check_cert_command(const std::vector<std::string>& args) {
 int echo_command(const std::vector<std::string>& args) {
   po::options_description options("echo-upstream options");
   options.add_options()("listen", po::value<std::string>()->required(), "HOST:PORT")(
-      "threads", po::value<int>()->default_value(1), "io threads");
+      "threads", po::value<int>()->default_value(1), "io threads")(
+      "tls-cert", po::value<std::string>(), "serve TLS with this certificate chain (PEM)")(
+      "tls-key", po::value<std::string>(), "the certificate's private key (PEM)")(
+      "require-client-ca", po::value<std::string>(), "require a client certificate from these CAs");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(options).run(), vm);
   po::notify(vm);
-  return echo::run_echo_upstream(vm["listen"].as<std::string>(), vm["threads"].as<int>());
+  echo::EchoTls tls;
+  if (vm.count("tls-cert")) tls.certificate = vm["tls-cert"].as<std::string>();
+  if (vm.count("tls-key")) tls.private_key = vm["tls-key"].as<std::string>();
+  if (vm.count("require-client-ca")) tls.client_ca = vm["require-client-ca"].as<std::string>();
+  if (tls.certificate.empty() != tls.private_key.empty() ||
+      (tls.certificate.empty() && !tls.client_ca.empty())) {
+    std::cerr << "echo-upstream: --tls-cert and --tls-key go together; --require-client-ca "
+                 "needs them\n";
+    return 2;
+  }
+  return echo::run_echo_upstream(vm["listen"].as<std::string>(), vm["threads"].as<int>(), tls);
 }
 
 }  // namespace

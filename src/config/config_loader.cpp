@@ -545,7 +545,7 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
 void load_upstream(Loader& l, const YAML::Node& node, const std::string& p, Upstream& upstream) {
   if (!l.map(node, p,
              {"endpoints", "balance", "connect_timeout", "response_timeout", "idle_timeout",
-              "max_idle_connections", "health", "resolve_interval", "retry"})) {
+              "max_idle_connections", "health", "resolve_interval", "retry", "tls"})) {
     return;
   }
   const auto endpoints = node["endpoints"];
@@ -581,6 +581,20 @@ void load_upstream(Loader& l, const YAML::Node& node, const std::string& p, Upst
   }
   l.duration(node, p, "resolve_interval", upstream.resolve_interval);
   l.boolean(node, p, "retry", upstream.retry);
+  if (const auto tls = node["tls"]; tls.IsDefined() && !tls.IsNull()) {
+    const auto t = p + ".tls";
+    if (l.map(tls, t, {"ca", "server_name", "certificate", "private_key"})) {
+      UpstreamTls out;
+      l.path(tls, t, "ca", out.ca, true, true);
+      l.string(tls, t, "server_name", out.server_name);
+      l.path(tls, t, "certificate", out.certificate, false, true);
+      l.path(tls, t, "private_key", out.private_key, false, true);
+      if (out.certificate.empty() != out.private_key.empty()) {
+        l.error(tls, t, "certificate and private_key go together");
+      }
+      upstream.tls = std::move(out);
+    }
+  }
 }
 
 // Attribute types are case-insensitive (RFC 4514 §3); rewrites `type` in the spelling OpenSSL

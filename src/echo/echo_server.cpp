@@ -1,6 +1,7 @@
 #include "portcullis/echo/echo_server.hpp"
 
 #include "portcullis/tls/openssl.hpp"
+#include "portcullis/tls/peer_identity.hpp"
 
 #include <fmt/format.h>
 #include <boost/asio/as_tuple.hpp>
@@ -9,6 +10,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -17,6 +19,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <boost/beast/websocket.hpp>
 #include <boost/json.hpp>
 
 #include <charconv>
@@ -34,6 +38,7 @@ using tcp = net::ip::tcp;
 struct EchoServer::State {
   explicit State(net::any_io_executor ex) : acceptor(ex) {}
   tcp::acceptor acceptor;
+  std::unique_ptr<net::ssl::context> ssl;  // set in TLS mode
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> connections{0};     // that carried request bytes, /__stats aside
   std::atomic<std::uint64_t> bytes_received{0};  // parsed request bytes, plus any left unparsed
@@ -69,7 +74,8 @@ std::string hex(const unsigned char* d, unsigned n) {
   return out;
 }
 
-net::awaitable<bool> send_bytes(beast::tcp_stream& stream, unsigned version, bool keep_alive,
+template <class Stream>
+net::awaitable<bool> send_bytes(Stream& stream, unsigned version, bool keep_alive,
                                 std::uint64_t size, bool chunked) {
   http::response<http::buffer_body> res{http::status::ok, version};
   res.set(http::field::content_type, "application/octet-stream");
@@ -80,7 +86,7 @@ net::awaitable<bool> send_bytes(beast::tcp_stream& stream, unsigned version, boo
   }
   res.keep_alive(keep_alive);
   http::response_serializer<http::buffer_body> sr{res};
-  stream.expires_after(std::chrono::seconds(60));
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(60));
   auto [hec, hn] = co_await http::async_write_header(stream, sr, net::as_tuple(net::use_awaitable));
   if (hec) co_return false;
   std::uint64_t sent = 0;
@@ -90,7 +96,7 @@ net::awaitable<bool> send_bytes(beast::tcp_stream& stream, unsigned version, boo
     res.body().size = n;
     sent += n;
     res.body().more = sent < size;
-    stream.expires_after(std::chrono::seconds(60));
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(60));
     auto [ec, wn] = co_await http::async_write(stream, sr, net::as_tuple(net::use_awaitable));
     if (ec == http::error::need_buffer) ec = {};
     if (ec) co_return false;
@@ -98,8 +104,37 @@ net::awaitable<bool> send_bytes(beast::tcp_stream& stream, unsigned version, boo
   co_return true;
 }
 
-net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
+// GET /ws with a WebSocket handshake: answers 101, then sends every message back as it came
+// (text or binary) until the client closes.
+net::awaitable<void> serve_websocket(beast::tcp_stream stream,
+                                     const http::request<http::buffer_body>& req) {
+  // The websocket stream keeps its own timeouts; the tcp_stream's must be off.
+  stream.expires_never();
+  beast::websocket::stream<beast::tcp_stream> ws(std::move(stream));
+  ws.set_option(beast::websocket::stream_base::timeout::suggested(beast::role_type::server));
+  auto [aec] = co_await ws.async_accept(req, net::as_tuple(net::use_awaitable));
+  if (aec) co_return;
+  beast::flat_buffer message;
+  for (;;) {
+    auto [rec, rn] = co_await ws.async_read(message, net::as_tuple(net::use_awaitable));
+    if (rec) co_return;
+    ws.text(ws.got_text());
+    auto [wec, wn] = co_await ws.async_write(message.data(), net::as_tuple(net::use_awaitable));
+    if (wec) co_return;
+    message.consume(message.size());
+  }
+}
+
+// What the echo reports about its TLS connection: SNI received and the client's subject.
+struct TlsInfo {
+  bool tls = false;
+  std::string server_name;
+  std::string client_subject;
+};
+
+template <class Stream>
+net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, Stream& stream,
+                           const TlsInfo& tls_info) {
   beast::flat_buffer buffer;
   std::vector<char> chunk(piece);
   bool counted = false;  // /__stats connections are not counted
@@ -107,7 +142,7 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
     http::request_parser<http::buffer_body> parser;
     parser.header_limit(64 * 1024);
     parser.body_limit(boost::none);
-    stream.expires_after(std::chrono::seconds(120));
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(120));
     auto [ec, n] =
         co_await http::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
     if (ec) {
@@ -124,6 +159,13 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
       counted = true;
     }
 
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      if (target == "/ws" && beast::websocket::is_upgrade(req)) {
+        co_await serve_websocket(std::move(stream), req);
+        co_return;
+      }
+    }
+
     boost::json::array headers;
     for (const auto& f : req) headers.push_back(boost::json::array{f.name_string(), f.value()});
 
@@ -134,7 +176,7 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
     while (!parser.is_done()) {
       req.body().data = chunk.data();
       req.body().size = chunk.size();
-      stream.expires_after(std::chrono::seconds(120));
+      beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(120));
       auto [rec, rn] =
           co_await http::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
       if (rec == http::error::need_buffer) rec = {};
@@ -189,12 +231,15 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
           {"headers", std::move(headers)},
           {"body_length", length},
           {"body_sha256", hex(digest, digest_len)},
+          {"tls", tls_info.tls},
+          {"tls_server_name", tls_info.server_name},
+          {"client_certificate", tls_info.client_subject},
       };
       res.body() = boost::json::serialize(body) + "\n";
     }
     res.keep_alive(keep_alive);
     res.prepare_payload();
-    stream.expires_after(std::chrono::seconds(60));
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(60));
     auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(net::use_awaitable));
     if (wec || !keep_alive) break;
   }
@@ -203,7 +248,31 @@ net::awaitable<void> serve(std::shared_ptr<EchoServer::State> state, tcp::socket
     if (!counted) state->connections.fetch_add(1, std::memory_order_relaxed);
   }
   boost::system::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+net::awaitable<void> serve_connection(std::shared_ptr<EchoServer::State> state,
+                                      tcp::socket socket) {
+  if (!state->ssl) {
+    // A named object, not a temporary: GCC 12 destroys temporaries bound to coroutine
+    // parameters twice.
+    const TlsInfo plain;
+    beast::tcp_stream stream(std::move(socket));
+    co_await serve(state, stream, plain);
+    co_return;
+  }
+  beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *state->ssl);
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
+  auto [ec] = co_await stream.async_handshake(net::ssl::stream_base::server,
+                                              net::as_tuple(net::use_awaitable));
+  if (ec) co_return;
+  TlsInfo info;
+  info.tls = true;
+  if (const char* name = SSL_get_servername(stream.native_handle(), TLSEXT_NAMETYPE_host_name))
+    info.server_name = name;
+  if (const auto peer = tls::extract_peer_identity(stream.native_handle()))
+    info.client_subject = peer->subject;
+  co_await serve(state, stream, info);
 }
 
 net::awaitable<void> accept_loop(std::shared_ptr<EchoServer::State> state) {
@@ -212,15 +281,26 @@ net::awaitable<void> accept_loop(std::shared_ptr<EchoServer::State> state) {
     if (ec == net::error::operation_aborted || !state->acceptor.is_open()) co_return;
     if (ec) continue;
     socket.set_option(tcp::no_delay(true), ec);
-    net::co_spawn(state->acceptor.get_executor(), serve(state, std::move(socket)), net::detached);
+    net::co_spawn(state->acceptor.get_executor(), serve_connection(state, std::move(socket)),
+                  net::detached);
   }
 }
 
 }  // namespace
 
-EchoServer::EchoServer(net::any_io_executor executor, const config::HostPort& address)
+EchoServer::EchoServer(net::any_io_executor executor, const config::HostPort& address,
+                       const EchoTls& tls)
     : state_(std::make_shared<State>(executor)) {
   try {
+    if (!tls.certificate.empty()) {
+      state_->ssl = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+      state_->ssl->use_certificate_chain_file(tls.certificate);
+      state_->ssl->use_private_key_file(tls.private_key, net::ssl::context::pem);
+      if (!tls.client_ca.empty()) {
+        state_->ssl->load_verify_file(tls.client_ca);
+        state_->ssl->set_verify_mode(net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert);
+      }
+    }
     const tcp::endpoint endpoint(net::ip::make_address(address.host), address.port);
     state_->acceptor.open(endpoint.protocol());
     state_->acceptor.set_option(net::socket_base::reuse_address(true));
@@ -254,7 +334,7 @@ std::uint64_t EchoServer::requests() const noexcept {
   return state_->requests.load();
 }
 
-int run_echo_upstream(const std::string& listen_address, int threads) {
+int run_echo_upstream(const std::string& listen_address, int threads, const EchoTls& tls) {
   const auto colon = listen_address.rfind(':');
   if (colon == std::string::npos) {
     std::cerr << "echo-upstream: --listen needs HOST:PORT\n";
@@ -267,7 +347,7 @@ int run_echo_upstream(const std::string& listen_address, int threads) {
   address.port = static_cast<std::uint16_t>(std::stoi(listen_address.substr(colon + 1)));
   net::io_context io;
   try {
-    EchoServer server(io.get_executor(), address);
+    EchoServer server(io.get_executor(), address, tls);
     server.start();
     net::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](boost::system::error_code, int) { io.stop(); });

@@ -12,9 +12,11 @@
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -69,6 +71,10 @@ admin::HandshakeResult classify_handshake_failure(const boost::system::error_cod
     return HandshakeResult::no_certificate;
   }
   return HandshakeResult::protocol_error;
+}
+
+bool is_tls_error(const boost::system::error_code& ec) {
+  return ec.category() == net::error::get_ssl_category() || ec == ssl::error::stream_truncated;
 }
 
 // A refusal body: a reason code the client can act on, never certificate internals. Built
@@ -133,6 +139,8 @@ class Session {
   net::awaitable<bool> serve(http::request_parser<http::buffer_body>& parser, Exchange& ex);
   net::awaitable<bool> forward(http::request_parser<http::buffer_body>& parser,
                                const config::Route& route, Exchange& ex);
+  net::awaitable<void> tunnel(upstream::UpstreamStream& upstream,
+                              beast::flat_buffer& upstream_buffer, Exchange& ex);
   net::awaitable<void> respond(unsigned status, std::string_view content_type, std::string body,
                                bool keep_alive, Exchange& ex);
   void log_exchange(const Exchange& ex);
@@ -434,10 +442,17 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   const bool client_keep_alive = req.keep_alive();
   const bool is_head = req.method() == http::verb::head;
   const auto client_version = req.version();
+  const bool websocket = !has_body && is_websocket_upgrade(req);
 
   prepare_upstream_request(req, client_ip_, identity_headers_);
+  if (websocket) set_websocket_upgrade(req);
   if (parser.chunked()) req.chunked(true);
 
+  const upstream::TlsClientContext* tls = nullptr;
+  if (const auto found = p_.snapshot->upstream_tls.find(route.upstream);
+      found != p_.snapshot->upstream_tls.end()) {
+    tls = found->second.get();
+  }
   std::optional<upstream::Lease> lease;
   std::optional<http::response_parser<http::buffer_body>> response_parser;
   const auto fresh_response_parser = [&] {
@@ -470,15 +485,19 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     boost::system::error_code connect_error;
     try {
       lease.emplace(
-          co_await p_.worker->pool().acquire(upstream, p_.services->upstream_health, avoid));
+          co_await p_.worker->pool().acquire(upstream, p_.services->upstream_health, tls, avoid));
     } catch (const boost::system::system_error& e) {
       connect_error = e.code();
     }
     if (connect_error) {
       const bool timeout = connect_error == beast::error::timeout;
-      metrics.upstream_error(timeout ? admin::UpstreamError::timeout
-                                     : admin::UpstreamError::connect_failed);
-      ex.reason = timeout ? "upstream_connect_timeout" : "upstream_connect_failed";
+      const bool tls_failed = is_tls_error(connect_error);
+      metrics.upstream_error(timeout      ? admin::UpstreamError::timeout
+                             : tls_failed ? admin::UpstreamError::tls
+                                          : admin::UpstreamError::connect_failed);
+      ex.reason = timeout      ? "upstream_connect_timeout"
+                  : tls_failed ? "upstream_tls_failed"
+                               : "upstream_connect_failed";
       spdlog::warn("upstream connect failed conn={} upstream={} error=\"{}\"", id_, upstream.name,
                    connect_error.message());
       co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream unavailable\n",
@@ -525,7 +544,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     // 100 Continue already.
     fresh_response_parser();
     for (;;) {
-      lease->stream.expires_after(upstream.response_timeout);
+      beast::get_lowest_layer(lease->stream).expires_after(upstream.response_timeout);
       auto [ec, n] = co_await http::async_read_header(
           lease->stream, upstream_buffer, *response_parser, net::as_tuple(net::use_awaitable));
       if (ec) {
@@ -534,9 +553,15 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
           break;
         }
         const bool timeout = ec == beast::error::timeout;
-        metrics.upstream_error(timeout ? admin::UpstreamError::timeout
-                                       : admin::UpstreamError::bad_response);
-        ex.reason = timeout ? "upstream_timeout" : "upstream_bad_response";
+        // A TLS upstream that refuses the gateway's (missing) certificate says so with an
+        // alert after a TLS 1.3 handshake has completed on this side: it arrives here.
+        const bool tls_failed = is_tls_error(ec);
+        metrics.upstream_error(timeout      ? admin::UpstreamError::timeout
+                               : tls_failed ? admin::UpstreamError::tls
+                                            : admin::UpstreamError::bad_response);
+        ex.reason = timeout      ? "upstream_timeout"
+                    : tls_failed ? "upstream_tls_failed"
+                                 : "upstream_bad_response";
         spdlog::warn("upstream response failed conn={} upstream={} endpoint={} error=\"{}\"", id_,
                      upstream.name, ex.endpoint, ec.message());
         if (timeout) {
@@ -567,6 +592,29 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
 
   auto& res = response_parser->get();
   const auto status = res.result_int();
+  if (status == 101) {
+    if (!websocket) {
+      // Switching protocols on a request that did not ask for it cannot be relayed.
+      metrics.upstream_error(admin::UpstreamError::bad_response);
+      ex.reason = "upstream_unrequested_upgrade";
+      co_await respond(502, "text/plain; charset=utf-8",
+                       "502 Bad Gateway: invalid upstream response\n", false, ex);
+      co_return false;
+    }
+    prepare_client_response(res);
+    set_websocket_upgrade(res);
+    res.version(11);
+    ex.status = status;
+    auto switched =
+        co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, false,
+                               upstream.response_timeout, cfg_.idle_timeout, chunk_);
+    if (!switched) {
+      ex.reason = "client_gone";
+      co_return false;
+    }
+    co_await tunnel(lease->stream, upstream_buffer, ex);
+    co_return false;
+  }
   const bool upstream_keep_alive = res.keep_alive();
   const bool bodyless = is_head || status == 204 || status == 304 || status == 101;
   bool keep_alive = client_keep_alive && !p_.services->draining.load(std::memory_order_relaxed);
@@ -608,6 +656,79 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     p_.worker->pool().release(upstream, std::move(*lease));
   }
   co_return keep_alive;
+}
+
+// Relays raw bytes both ways after a 101 until either side closes, or no byte has moved either
+// way for the listener's idle timeout. Bytes each side sent early (already buffered) go first.
+net::awaitable<void> Session::tunnel(upstream::UpstreamStream& upstream,
+                                     beast::flat_buffer& upstream_buffer, Exchange& ex) {
+  using namespace net::experimental::awaitable_operators;
+  auto& metrics = p_.services->metrics;
+  metrics.tunnel_opened();
+  auto& client = beast::get_lowest_layer(stream_);
+  // The watchdog below is the deadline: per-stream expiry would close a tunnel that is busy
+  // in one direction only.
+  auto& server = beast::get_lowest_layer(upstream);
+  client.expires_never();
+  server.expires_never();
+  auto last_activity = Clock::now();
+  bool stopped = false;
+  bool idle = false;
+  net::steady_timer watchdog(stream_.get_executor());
+  // Everything here runs on the connection's one thread: a flag checked before each operation
+  // and a cancel of the pending ones ends all three loops.
+  const auto stop = [&] {
+    if (stopped) return;
+    stopped = true;
+    boost::system::error_code ignored;
+    client.socket().cancel(ignored);
+    server.socket().cancel(ignored);
+    watchdog.cancel();
+  };
+  const auto pump = [&](auto& from, beast::flat_buffer& early, auto& to,
+                        std::uint64_t& counted) -> net::awaitable<void> {
+    if (early.size() > 0) {
+      auto [ec, n] = co_await net::async_write(to, early.data(), net::as_tuple(net::use_awaitable));
+      counted += n;
+      early.consume(early.size());
+      if (ec) {
+        stop();
+        co_return;
+      }
+    }
+    std::vector<char> piece(16 * 1024);
+    while (!stopped) {
+      auto [rec, rn] =
+          co_await from.async_read_some(net::buffer(piece), net::as_tuple(net::use_awaitable));
+      if (rec || stopped) break;
+      last_activity = Clock::now();
+      auto [wec, wn] = co_await net::async_write(to, net::buffer(piece.data(), rn),
+                                                 net::as_tuple(net::use_awaitable));
+      if (wec) break;
+      counted += wn;
+      last_activity = Clock::now();
+    }
+    stop();
+  };
+  const auto watch = [&]() -> net::awaitable<void> {
+    while (!stopped) {
+      watchdog.expires_at(last_activity + cfg_.idle_timeout);
+      co_await watchdog.async_wait(net::as_tuple(net::use_awaitable));
+      if (stopped) break;
+      if (Clock::now() >= last_activity + cfg_.idle_timeout) {
+        idle = true;
+        stop();
+      }
+    }
+  };
+  co_await (pump(stream_, buffer_, upstream, ex.bytes_in) &&
+            pump(upstream, upstream_buffer, stream_, ex.bytes_out) && watch());
+  metrics.tunnel_closed(idle);
+  if (idle) ex.reason = "tunnel_idle_timeout";
+  spdlog::debug("tunnel closed conn={} endpoint={} bytes_in={} bytes_out={} idle_timeout={}", id_,
+                ex.endpoint, ex.bytes_in, ex.bytes_out, idle);
+  boost::system::error_code ignored;
+  server.socket().shutdown(tcp::socket::shutdown_both, ignored);
 }
 
 net::awaitable<void> Session::respond(unsigned status, std::string_view content_type,

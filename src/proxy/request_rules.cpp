@@ -235,6 +235,14 @@ void prepare_upstream_request(http::request_header<>& req, std::string_view clie
   for (const auto& [name, value] : identity) req.insert(name, value);
 }
 
+bool is_websocket_upgrade(const http::request_header<>& req) {
+  if (req.method() != http::verb::get ||
+      !boost::beast::iequals(req[http::field::upgrade], "websocket"))
+    return false;
+  const auto tokens = connection_tokens(req);
+  return std::find(tokens.begin(), tokens.end(), "upgrade") != tokens.end();
+}
+
 void prepare_client_response(http::response_header<>& res) {
   remove_hop_by_hop(res, false);
 }

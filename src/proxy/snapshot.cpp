@@ -72,6 +72,15 @@ std::shared_ptr<const Snapshot> build_snapshot(
     }
     snapshot->listeners.push_back(std::move(context));
   }
+  for (const auto& [name, upstream] : config->upstreams) {
+    if (!upstream.tls) continue;
+    const auto key = "upstreams." + name + ".tls";
+    try {
+      snapshot->upstream_tls[name] = upstream::build_tls_client_context(*upstream.tls);
+    } catch (const std::exception& e) {
+      throw_located(*config, key, key, e.what());
+    }
+  }
   return snapshot;
 }
 

@@ -3,8 +3,11 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <numeric>
@@ -39,12 +42,11 @@ bool is_ip_literal(const std::string& host) {
 
 ConnectionPool::ConnectionPool(net::any_io_executor executor) : executor_(std::move(executor)) {}
 
-ConnectionPool::Endpoint& ConnectionPool::endpoint(const config::Upstream& upstream,
-                                                   const config::HostPort& address,
+ConnectionPool::Endpoint& ConnectionPool::endpoint(const std::string& pool_key,
+                                                   const std::string& health_key,
                                                    HealthTable* health) {
-  const auto key = upstream.name + "/" + address.to_string();
-  auto& e = endpoints_[key];
-  if (!e.health && health) e.health = &health->state(key);
+  auto& e = endpoints_[pool_key];
+  if (!e.health && health) e.health = &health->state(health_key);
   return e;
 }
 
@@ -74,14 +76,19 @@ net::awaitable<boost::system::error_code> ConnectionPool::resolve(const config::
 }
 
 net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, HealthTable& health,
-                                              std::string_view avoid) {
+                                              const TlsClientContext* tls, std::string_view avoid) {
   const auto count = upstream.endpoints.size();
   const auto now = Clock::now();
   boost::system::error_code last_error = net::error::host_not_found;
 
   std::vector<Endpoint*> state(count);
-  for (std::size_t i = 0; i < count; ++i)
-    state[i] = &endpoint(upstream, upstream.endpoints[i], &health);
+  std::vector<std::string> keys(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto health_key = upstream.name + "/" + upstream.endpoints[i].to_string();
+    keys[i] =
+        tls ? fmt::format("{}/tls@{}", health_key, static_cast<const void*>(tls)) : health_key;
+    state[i] = &endpoint(keys[i], health_key, &health);
+  }
 
   // Balancing order: a rotating start (round-robin, and the tie-break among equally loaded
   // endpoints), then fewest requests in flight first when so configured; ejected endpoints and
@@ -106,9 +113,10 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
     while (!e.idle.empty()) {
       Idle candidate = std::move(e.idle.back());
       e.idle.pop_back();
-      if (now - candidate.since < upstream.idle_timeout && still_open(candidate.stream.socket())) {
+      if (now - candidate.since < upstream.idle_timeout &&
+          still_open(candidate.stream.next_layer().socket())) {
         co_return Lease{std::move(candidate.stream), address.to_string(), true,
-                        Outstanding(e.health)};
+                        Outstanding(e.health), keys[i]};
       }
     }
 
@@ -126,22 +134,44 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
       health.connect_failed(*e.health, upstream, address.to_string());
       continue;
     }
-    health.connected(*e.health);
     stream.socket().set_option(tcp::no_delay(true));
-    co_return Lease{std::move(stream), address.to_string(), false, Outstanding(e.health)};
+    if (!tls) {
+      health.connected(*e.health);
+      co_return Lease{UpstreamStream(std::move(stream)), address.to_string(), false,
+                      Outstanding(e.health), keys[i]};
+    }
+
+    // The certificate must chain to the upstream's CAs and carry the expected name; a host
+    // given as an IP address is checked against IP SANs and never sent as SNI.
+    UpstreamStream::TlsStream secure(std::move(stream), tls->ssl);
+    const auto& name = tls->server_name.empty() ? address.host : tls->server_name;
+    if (!is_ip_literal(name)) SSL_set_tlsext_host_name(secure.native_handle(), name.c_str());
+    secure.set_verify_mode(net::ssl::verify_peer);
+    secure.set_verify_callback(net::ssl::host_name_verification(name));
+    auto [hec] = co_await secure.async_handshake(net::ssl::stream_base::client,
+                                                 net::as_tuple(net::use_awaitable));
+    if (hec) {
+      last_error = hec;
+      spdlog::warn(
+          "upstream TLS handshake failed upstream={} endpoint={} server_name={} error=\"{}\"",
+          upstream.name, address.to_string(), name, hec.message());
+      health.connect_failed(*e.health, upstream, address.to_string());
+      continue;
+    }
+    health.connected(*e.health);
+    co_return Lease{UpstreamStream(std::move(secure)), address.to_string(), false,
+                    Outstanding(e.health), keys[i]};
   }
   throw boost::system::system_error(last_error);
 }
 
 void ConnectionPool::release(const config::Upstream& upstream, Lease lease) {
-  for (const auto& address : upstream.endpoints) {
-    if (address.to_string() != lease.endpoint) continue;
-    auto& idle = endpoint(upstream, address, nullptr).idle;
-    if (static_cast<int>(idle.size()) >= upstream.max_idle_connections) return;
-    lease.stream.expires_never();
-    idle.push_back(Idle{std::move(lease.stream), Clock::now()});
-    return;
-  }
+  const auto found = endpoints_.find(lease.pool_key);
+  if (found == endpoints_.end()) return;
+  auto& idle = found->second.idle;
+  if (static_cast<int>(idle.size()) >= upstream.max_idle_connections) return;
+  lease.stream.next_layer().expires_never();
+  idle.push_back(Idle{std::move(lease.stream), Clock::now()});
 }
 
 std::size_t ConnectionPool::idle_connections() const noexcept {

@@ -45,7 +45,7 @@ enum class HandshakeResult : int {
 };
 std::string_view to_string(HandshakeResult result);
 
-enum class UpstreamError : int { connect_failed, timeout, reset, bad_response, count_ };
+enum class UpstreamError : int { connect_failed, timeout, reset, bad_response, tls, count_ };
 std::string_view to_string(UpstreamError error);
 
 class Metrics {
@@ -66,6 +66,10 @@ class Metrics {
   // request was sent again on another endpoint.
   void upstream_event(std::string_view upstream, std::string_view endpoint, std::string_view event);
   void config_reload(bool ok) noexcept;
+  // WebSocket tunnels: opened after the upstream's 101, closed by either side or, when
+  // `idle_timeout` is set, after no byte moved either way for the listener's idle timeout.
+  void tunnel_opened() noexcept;
+  void tunnel_closed(bool idle_timeout) noexcept;
 
   std::uint64_t active_connections() const noexcept;
   std::string render() const;
@@ -87,6 +91,9 @@ class Metrics {
   std::map<std::string, std::uint64_t> upstream_events_;  // rendered label set → count
   std::atomic<std::uint64_t> reloads_ok_{0};
   std::atomic<std::uint64_t> reloads_failed_{0};
+  std::atomic<std::uint64_t> tunnels_opened_{0};
+  std::atomic<std::int64_t> tunnels_active_{0};
+  std::atomic<std::uint64_t> tunnels_idle_closed_{0};
 };
 
 }  // namespace portcullis::admin

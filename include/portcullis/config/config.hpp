@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -83,6 +84,16 @@ struct Listener {
 
 enum class Balance { round_robin, least_outstanding };
 
+// TLS to an upstream's endpoints: the upstream's certificate must chain to `ca` and match
+// `server_name` (also sent as SNI), or the endpoint host when that is empty. With
+// certificate and private_key, the gateway presents that certificate (mutual TLS).
+struct UpstreamTls {
+  std::filesystem::path ca;  // PEM bundle
+  std::string server_name;
+  std::filesystem::path certificate;  // PEM: leaf first, then its intermediates
+  std::filesystem::path private_key;  // PEM
+};
+
 struct Upstream {
   std::string name;
   std::vector<HostPort> endpoints;  // IP addresses or DNS names
@@ -99,6 +110,7 @@ struct Upstream {
   // Send an idempotent request without a body once more, to another endpoint, when the first
   // attempt failed before any response byte.
   bool retry = true;
+  std::optional<UpstreamTls> tls;  // absent = plain HTTP
 };
 
 enum class RevocationMode { none, crl, ocsp, ocsp_then_crl, crl_then_ocsp };

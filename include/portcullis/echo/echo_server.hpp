@@ -1,10 +1,13 @@
 #pragma once
 // The built-in echo upstream used by `portcullis demo` and the integration tests: it answers
-// every request with what it received (request line, headers, body length and SHA-256) as JSON.
+// every request with what it received (request line, headers, body length and SHA-256) as JSON,
+// plus, in TLS mode, the SNI it received and the client certificate's subject.
 //   GET /bytes/N           N bytes, byte i = i % 251 (Content-Length)
 //   GET /chunked-bytes/N   the same bytes, chunked
 //   ANY /delay/MS          the echo JSON after MS milliseconds
 //   ANY /status/CODE       the echo JSON with that status
+//   GET /ws                a WebSocket handshake is answered 101, then every message is sent
+//                          back as it came; without the handshake, the echo JSON
 //   GET /__stats           {"requests":N,"connections":C,"bytes_received":B}: requests seen so
 //                          far, connections that carried request bytes, request bytes
 //                          received (header and body bytes parsed, plus bytes left unparsed
@@ -22,9 +25,18 @@
 
 namespace portcullis::echo {
 
+// TLS mode: a certificate chain and key (PEM) to serve, and optionally the CAs a client
+// certificate must chain to (one is then required). Empty certificate = plain HTTP.
+struct EchoTls {
+  std::string certificate;
+  std::string private_key;
+  std::string client_ca;
+};
+
 class EchoServer {
  public:
-  EchoServer(boost::asio::any_io_executor executor, const config::HostPort& address);
+  EchoServer(boost::asio::any_io_executor executor, const config::HostPort& address,
+             const EchoTls& tls = {});
   ~EchoServer();
   void start();
   void stop();
@@ -37,7 +49,8 @@ class EchoServer {
   std::shared_ptr<State> state_;
 };
 
-// `portcullis echo-upstream --listen ADDR`: serves until SIGINT/SIGTERM.
-int run_echo_upstream(const std::string& listen_address, int threads = 1);
+// `portcullis echo-upstream --listen ADDR [--tls-cert F --tls-key F [--require-client-ca F]]`:
+// serves until SIGINT/SIGTERM.
+int run_echo_upstream(const std::string& listen_address, int threads = 1, const EchoTls& tls = {});
 
 }  // namespace portcullis::echo

@@ -68,4 +68,16 @@ void prepare_upstream_request(http::request_header<>& req, std::string_view clie
 // Removes hop-by-hop fields from an upstream response before it goes to the client.
 void prepare_client_response(http::response_header<>& res);
 
+// A WebSocket opening handshake (RFC 6455 §4.1): GET with `Upgrade: websocket` and an
+// `upgrade` token in Connection. Checked before hop-by-hop removal.
+bool is_websocket_upgrade(const http::request_header<>& req);
+
+// Puts back the two hop-by-hop fields a WebSocket upgrade needs, on the request to the
+// upstream or on its 101 answer, after hop-by-hop removal.
+template <bool isRequest>
+void set_websocket_upgrade(http::header<isRequest>& h) {
+  h.set(http::field::upgrade, "websocket");
+  h.set(http::field::connection, "Upgrade");
+}
+
 }  // namespace portcullis::proxy

@@ -8,9 +8,11 @@
 #include "portcullis/config/config.hpp"
 #include "portcullis/revocation/checker.hpp"
 #include "portcullis/tls/truststore.hpp"
+#include "portcullis/upstream/tls_client_context.hpp"
 
 #include <boost/asio/ssl/context.hpp>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +30,8 @@ struct Snapshot {
   std::vector<config::Diagnostic> warnings;
   std::shared_ptr<const revocation::Checker> revocation;
   std::vector<std::unique_ptr<ListenerContext>> listeners;  // same order as config->listeners
+  // By upstream name, for the upstreams with `tls`.
+  std::map<std::string, std::unique_ptr<upstream::TlsClientContext>> upstream_tls;
 };
 
 // Loads truststores, builds TLS contexts and the revocation checker. Throws config::ConfigError

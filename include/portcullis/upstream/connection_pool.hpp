@@ -7,11 +7,12 @@
 
 #include "portcullis/config/config.hpp"
 #include "portcullis/upstream/endpoint_health.hpp"
+#include "portcullis/upstream/tls_client_context.hpp"
+#include "portcullis/upstream/upstream_stream.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 
 #include <chrono>
 #include <deque>
@@ -24,10 +25,11 @@ namespace portcullis::upstream {
 // A connection taken from the pool, either reused or fresh. While it lives it counts as one
 // request outstanding on its endpoint.
 struct Lease {
-  boost::beast::tcp_stream stream;
+  UpstreamStream stream;
   std::string endpoint;  // "host:port", for logs
   bool reused = false;
   Outstanding outstanding;
+  std::string pool_key;  // where release() puts it back
 };
 
 class ConnectionPool {
@@ -38,8 +40,12 @@ class ConnectionPool {
   // are tried in balancing order, each once, ejected ones and `avoid` ("host:port") last, each
   // within the upstream's connect timeout. Throws boost::system::system_error (the last
   // failure) when none can be reached; the error is beast::error::timeout when the last
-  // attempt timed out. `health` is the process-wide table (always the same one).
+  // attempt timed out. `health` is the process-wide table (always the same one). With `tls`
+  // (the upstream's context in the current snapshot), connections are TLS: the handshake is
+  // part of connecting, within the same timeout, and its failure counts as a connect failure;
+  // connections are pooled per context, so a reload never reuses one made under old settings.
   boost::asio::awaitable<Lease> acquire(const config::Upstream& upstream, HealthTable& health,
+                                        const TlsClientContext* tls = nullptr,
                                         std::string_view avoid = {});
 
   // Gives a connection whose last response was read completely back for reuse.
@@ -49,7 +55,7 @@ class ConnectionPool {
 
  private:
   struct Idle {
-    boost::beast::tcp_stream stream;
+    UpstreamStream stream;
     std::chrono::steady_clock::time_point since;
   };
   struct Endpoint {
@@ -58,14 +64,14 @@ class ConnectionPool {
     boost::asio::ip::tcp::resolver::results_type addresses;
     std::chrono::steady_clock::time_point resolved_at;
   };
-  Endpoint& endpoint(const config::Upstream& upstream, const config::HostPort& address,
+  Endpoint& endpoint(const std::string& pool_key, const std::string& health_key,
                      HealthTable* health);
   boost::asio::awaitable<boost::system::error_code> resolve(const config::Upstream& upstream,
                                                             const config::HostPort& address,
                                                             Endpoint& e);
 
   boost::asio::any_io_executor executor_;
-  std::map<std::string, Endpoint> endpoints_;  // by "upstream/host:port"
+  std::map<std::string, Endpoint> endpoints_;  // by "upstream/host:port[/tls context]"
   std::map<std::string, std::size_t> next_;    // round-robin position by upstream
 };
 

@@ -150,3 +150,30 @@ TEST_CASE("responses lose their hop-by-hop headers", "[proxy][rules]") {
   CHECK(res.count(http::field::keep_alive) == 0);
   CHECK(res[http::field::content_type] == "text/plain");
 }
+
+TEST_CASE("a WebSocket upgrade is recognised and keeps only its own hop-by-hop fields",
+          "[proxy][rules][websocket]") {
+  using portcullis::proxy::is_websocket_upgrade;
+  using portcullis::proxy::set_websocket_upgrade;
+  auto get = [](std::initializer_list<std::pair<const char*, const char*>> fields) {
+    auto req = request(fields);
+    req.method(http::verb::get);
+    return req;
+  };
+  CHECK(is_websocket_upgrade(get({{"Upgrade", "WebSocket"}, {"Connection", "keep-alive, Upgrade"}})));
+  CHECK_FALSE(is_websocket_upgrade(get({{"Upgrade", "websocket"}})));
+  CHECK_FALSE(is_websocket_upgrade(get({{"Upgrade", "h2c"}, {"Connection", "Upgrade"}})));
+  CHECK_FALSE(is_websocket_upgrade(request({{"Upgrade", "websocket"}, {"Connection", "Upgrade"}})));
+
+  // Hop-by-hop removal still runs first: a field the client named in Connection is gone, and
+  // the identity headers cannot be removed by naming them.
+  auto req = get({{"Upgrade", "websocket"},
+                  {"Connection", "Upgrade, X-Secret, X-Client-Cert-Subject"},
+                  {"X-Secret", "1"}});
+  prepare_upstream_request(req, "127.0.0.1", {{"X-Client-Cert-Subject", "CN=a"}});
+  set_websocket_upgrade(req);
+  CHECK(req[http::field::upgrade] == "websocket");
+  CHECK(req[http::field::connection] == "Upgrade");
+  CHECK(req.count("X-Secret") == 0);
+  CHECK(count_named(req, "X-Client-Cert-Subject") == 1);
+}
