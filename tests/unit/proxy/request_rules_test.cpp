@@ -160,7 +160,8 @@ TEST_CASE("a WebSocket upgrade is recognised and keeps only its own hop-by-hop f
     req.method(http::verb::get);
     return req;
   };
-  CHECK(is_websocket_upgrade(get({{"Upgrade", "WebSocket"}, {"Connection", "keep-alive, Upgrade"}})));
+  CHECK(
+      is_websocket_upgrade(get({{"Upgrade", "WebSocket"}, {"Connection", "keep-alive, Upgrade"}})));
   CHECK_FALSE(is_websocket_upgrade(get({{"Upgrade", "websocket"}})));
   CHECK_FALSE(is_websocket_upgrade(get({{"Upgrade", "h2c"}, {"Connection", "Upgrade"}})));
   CHECK_FALSE(is_websocket_upgrade(request({{"Upgrade", "websocket"}, {"Connection", "Upgrade"}})));
