@@ -8,6 +8,8 @@
 #include "portcullis/proxy/worker.hpp"
 #include "portcullis/revocation/checker_factory.hpp"
 #include "portcullis/revocation/crl_refresher.hpp"
+#include "portcullis/revocation/ocsp_stapler.hpp"
+#include "portcullis/tls/server_context.hpp"
 #include "portcullis/util/logging.hpp"
 
 #include <fmt/chrono.h>
@@ -41,6 +43,10 @@ struct Gateway::Impl {
   std::unique_ptr<admin::AdminServer> admin;
   std::shared_ptr<revocation::CrlChecker> crl_checker;
   std::unique_ptr<revocation::CrlRefresher> refresher;
+  // One per listener (null with stapling off). Staplers outlive snapshots: a reload keeps the
+  // stapler of a listener whose certificate and stapling settings are unchanged.
+  std::vector<std::shared_ptr<revocation::OcspStapler>> staplers;
+  bool staplers_started = false;
   std::atomic<bool> ready{false};
   bool stopping = false;
   std::string last_reload_error;
@@ -56,6 +62,7 @@ struct Gateway::Impl {
   void watch_files();
   bool is_ready() const;
   std::string status_json() const;
+  void attach_staplers(const proxy::Snapshot& snap);
   admin::Response reload();
   void begin_shutdown(std::string_view why);
   void wait_for_drain(std::chrono::steady_clock::time_point deadline);
@@ -85,7 +92,63 @@ json::array warnings_json(const std::vector<std::string>& warnings) {
   return out;
 }
 
+json::value stapling_json(const revocation::OcspStapler* stapler) {
+  if (!stapler) return json::object{{"enabled", false}};
+  const auto st = stapler->status();
+  const auto when = [](const auto& t) -> json::value {
+    if (!t) return nullptr;
+    return json::value(fmt::format("{:%Y-%m-%dT%H:%M:%SZ}",
+                                   fmt::gmtime(std::chrono::system_clock::to_time_t(*t))));
+  };
+  return json::object{{"enabled", true},
+                      {"responder", st.responder},
+                      {"valid", st.valid},
+                      {"this_update", when(st.this_update)},
+                      {"next_update", when(st.next_update)},
+                      {"last_fetch", when(st.last_fetch)},
+                      {"last_success", when(st.last_success)},
+                      {"fetched", st.fetched},
+                      {"failed", st.failed},
+                      {"rejected", st.rejected},
+                      {"last_error", st.last_error}};
+}
+
 }  // namespace
+
+// Hooks every listener's TLS context of `snap` to its stapler: the current one when the
+// certificate and stapling settings are unchanged, otherwise a new one (started at once when
+// the gateway runs; the old one stops, and connections of older snapshots keep stapling its last
+// response). All or nothing: a stapler that cannot be built leaves the running set alone.
+void Gateway::Impl::attach_staplers(const proxy::Snapshot& snap) {
+  std::vector<std::shared_ptr<revocation::OcspStapler>> next(snap.listeners.size());
+  for (std::size_t i = 0; i < snap.listeners.size(); ++i) {
+    const auto& listener = *snap.listeners[i]->config;
+    if (!listener.tls.ocsp_stapling.enabled) continue;
+    const auto key = fmt::format("listeners[{}].tls.ocsp_stapling", i);
+    try {
+      next[i] = std::make_shared<revocation::OcspStapler>(listener.name, listener.tls.ocsp_stapling,
+                                                          listener.tls.certificate);
+    } catch (const std::exception& e) {
+      throw config::ConfigError({config::Diagnostic{snap.config->source.string(),
+                                                    snap.config->line_of(key), key, e.what()}});
+    }
+    if (i < staplers.size() && staplers[i] && staplers[i]->identity() == next[i]->identity()) {
+      next[i] = staplers[i];
+    }
+  }
+  for (std::size_t i = 0; i < next.size(); ++i) {
+    if (!next[i]) continue;
+    std::shared_ptr<const revocation::OcspStapler> stapler = next[i];
+    tls::enable_ocsp_stapling(snap.listeners[i]->ssl->native_handle(),
+                              [stapler] { return stapler->response(); });
+  }
+  for (std::size_t i = 0; i < next.size(); ++i) {
+    const bool replaced = i >= staplers.size() || staplers[i] != next[i];
+    if (staplers_started && next[i] && replaced) next[i]->start();
+    if (i < staplers.size() && staplers[i] && staplers[i] != next[i]) staplers[i]->stop();
+  }
+  staplers = std::move(next);
+}
 
 // Not ready while a fail-closed issuer (globally or by its own policy) has no usable CRL:
 // admitting clients then would mean refusing them all.
@@ -123,6 +186,7 @@ std::string Gateway::Impl::status_json() const {
         {"min_tls_version", cfg.tls.min_version},
         {"identity_headers", config::to_string(cfg.identity_headers)},
         {"routes", std::move(routes)},
+        {"ocsp_stapling", stapling_json(i < staplers.size() ? staplers[i].get() : nullptr)},
         {"truststore", json::object{{"path", trust.path.string()},
                                     {"certificates", trust.certificates},
                                     {"roots", trust.roots},
@@ -224,6 +288,7 @@ admin::Response Gateway::Impl::reload() {
           "the revocation settings changed; restart to apply them (nothing was reloaded)");
     }
     auto built = proxy::build_snapshot(std::move(loaded), crl_checker);
+    attach_staplers(*built);
     snapshot.store(built);
     if (refresher) {
       // CRLs of CAs the new truststores add are verified from now on, and local CRL files are
@@ -323,6 +388,7 @@ Gateway::Gateway(config::LoadResult loaded) : impl_(std::make_unique<Impl>()) {
   impl_->crl_checker = revocation::make_checker(loaded.config.revocation);
   const auto revocation_settings = loaded.config.revocation;
   auto snap = proxy::build_snapshot(std::move(loaded), impl_->crl_checker);
+  impl_->attach_staplers(*snap);
   if (impl_->crl_checker) {
     std::vector<std::shared_ptr<const tls::Truststore>> truststores;
     for (const auto& l : snap->listeners) truststores.push_back(l->truststore);
@@ -360,7 +426,13 @@ int Gateway::run(std::function<void()> on_ready) {
   admin::Handlers handlers;
   handlers.ready = [&s] { return s.is_ready(); };
   handlers.metrics = [&s] {
-    return s.services.metrics.render() + (s.refresher ? s.refresher->render_metrics() : "");
+    std::string stapling;
+    for (const auto& stapler : s.staplers) {
+      if (stapler) stapling += stapler->render_metrics();
+    }
+    if (!stapling.empty()) stapling = revocation::OcspStapler::metric_headers() + stapling;
+    return s.services.metrics.render() + (s.refresher ? s.refresher->render_metrics() : "") +
+           stapling;
   };
   handlers.post["/revocation/refresh"] = [&s] {
     if (!s.refresher)
@@ -374,6 +446,10 @@ int Gateway::run(std::function<void()> on_ready) {
                                                  std::move(handlers));
 
   if (s.refresher) s.refresher->start();
+  for (auto& stapler : s.staplers) {
+    if (stapler) stapler->start();
+  }
+  s.staplers_started = true;
   for (auto& w : s.workers) w->start();
   for (auto& l : s.listeners) {
     l->start([&s] { return s.current(); }, worker_ptrs, s.services);
@@ -407,6 +483,9 @@ int Gateway::run(std::function<void()> on_ready) {
   s.control.run();
   for (auto& w : s.workers) w->stop();
   if (s.refresher) s.refresher->stop();
+  for (auto& stapler : s.staplers) {
+    if (stapler) stapler->stop();
+  }
   spdlog::info("stopped");
   return 0;
 }

@@ -465,6 +465,29 @@ void load_route(Loader& l, const YAML::Node& node, const std::string& p, Route& 
   }
 }
 
+void load_ocsp_stapling(Loader& l, const YAML::Node& tls, const std::string& t, OcspStapling& out) {
+  const auto node = tls["ocsp_stapling"];
+  const auto o = t + ".ocsp_stapling";
+  if (!node.IsDefined() || node.IsNull() ||
+      !l.map(node, o, {"enabled", "responder", "refresh", "file", "fetch_timeout"})) {
+    return;
+  }
+  l.boolean(node, o, "enabled", out.enabled);
+  l.string(node, o, "responder", out.responder);
+  if (!out.responder.empty() && out.responder.rfind("http://", 0) != 0) {
+    l.error(node["responder"], o + ".responder",
+            fmt::format("'{}' is not an http:// URL (OCSP responders are fetched over plain "
+                        "HTTP; responses are signed)",
+                        out.responder));
+  }
+  l.duration(node, o, "refresh", out.refresh);
+  l.path(node, o, "file", out.file, false, true);
+  l.duration(node, o, "fetch_timeout", out.fetch_timeout);
+  if (!out.file.empty() && !out.responder.empty()) {
+    l.error(node["file"], o + ".file", "set either file or responder, not both");
+  }
+}
+
 void load_listener(Loader& l, const YAML::Node& node, const std::string& p, Listener& listener) {
   if (!l.map(node, p,
              {"name", "address", "tls", "client_auth", "identity_headers", "routes",
@@ -480,7 +503,7 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
   } else if (l.map(tls, p + ".tls",
                    {"certificate", "private_key", "min_version", "groups", "ciphers",
                     "ciphersuites", "handshake_timeout", "session_tickets", "session_ticket_keys",
-                    "session_lifetime"})) {
+                    "session_lifetime", "ocsp_stapling"})) {
     const auto t = p + ".tls";
     l.path(tls, t, "certificate", listener.tls.certificate, true, true);
     l.path(tls, t, "private_key", listener.tls.private_key, true, true);
@@ -505,6 +528,7 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
     l.boolean(tls, t, "session_tickets", listener.tls.session_tickets);
     l.path(tls, t, "session_ticket_keys", listener.tls.session_ticket_keys, false, true);
     l.duration(tls, t, "session_lifetime", listener.tls.session_lifetime);
+    load_ocsp_stapling(l, tls, t, listener.tls.ocsp_stapling);
   }
 
   const auto auth = node["client_auth"];

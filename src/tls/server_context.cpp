@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <filesystem>
 
 namespace portcullis::tls {
@@ -214,7 +215,48 @@ void load_certificate_and_key(SSL_CTX* ctx, const config::ServerTls& tls,
   }
 }
 
+void free_staple_source(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<StapleSource*>(ptr);
+}
+
+int staple_source_index() {
+  static const int index =
+      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, free_staple_source);
+  return index;
+}
+
+// On the server OpenSSL calls this only when the client sent status_request.
+int staple_status(SSL* ssl, void*) {
+  const auto* source = static_cast<const StapleSource*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), staple_source_index()));
+  const auto der = source && *source ? (*source)() : nullptr;
+  if (!der || der->empty()) return SSL_TLSEXT_ERR_NOACK;
+  auto* copy = static_cast<unsigned char*>(OPENSSL_malloc(der->size()));
+  if (!copy) return SSL_TLSEXT_ERR_NOACK;
+  std::memcpy(copy, der->data(), der->size());
+  // OpenSSL owns (and frees) the copy from here on.
+  if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, static_cast<long>(der->size())) != 1) {
+    OPENSSL_free(copy);
+    return SSL_TLSEXT_ERR_NOACK;
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
 }  // namespace
+
+void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source) {
+  auto owned = std::make_unique<StapleSource>(std::move(source));
+  std::unique_ptr<StapleSource> previous(
+      static_cast<StapleSource*>(SSL_CTX_get_ex_data(ctx, staple_source_index())));
+  if (SSL_CTX_set_ex_data(ctx, staple_source_index(), owned.get()) != 1) {
+    previous.release();  // still attached
+    throw_openssl_error("cannot attach the OCSP stapling source");
+  }
+  owned.release();  // owned by the SSL_CTX now
+  if (SSL_CTX_set_tlsext_status_cb(ctx, staple_status) != 1) {
+    throw_openssl_error("cannot install the OCSP stapling callback");
+  }
+}
 
 std::string_view verify_failure_reason(const SSL* ssl) {
   if (!ssl) return {};

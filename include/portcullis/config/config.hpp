@@ -23,6 +23,15 @@ struct HostPort {
   std::string to_string() const;  // "127.0.0.1:8443", "[::1]:8443"
 };
 
+// Stapling an OCSP response for the listener's own certificate (TLS status_request).
+struct OcspStapling {
+  bool enabled = false;
+  std::string responder;                    // http:// URL; empty = the certificate's AIA OCSP URI
+  Duration refresh{std::chrono::hours(1)};  // upper bound between fetches
+  std::filesystem::path file;               // a pre-fetched DER response; set = no fetching
+  Duration fetch_timeout{std::chrono::seconds(10)};
+};
+
 struct ServerTls {
   std::filesystem::path certificate;  // PEM: leaf first, then its intermediates
   std::filesystem::path private_key;  // PEM
@@ -34,6 +43,7 @@ struct ServerTls {
   bool session_tickets = true;                // stateless resumption (tickets) on or off
   std::filesystem::path session_ticket_keys;  // shared key file; empty = a random key per start
   Duration session_lifetime{std::chrono::minutes(5)};  // tickets and cached sessions
+  OcspStapling ocsp_stapling;
 };
 
 struct ClientAuth {

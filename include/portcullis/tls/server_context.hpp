@@ -8,6 +8,7 @@
 #include "portcullis/tls/openssl.hpp"
 #include "portcullis/tls/truststore.hpp"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,6 +32,15 @@ struct ServerContextOptions {
 // revocation Checker (leaf, or the whole chain below the anchor). The SSL_CTX keeps the
 // truststore and the Checker alive; it owns its verify and info callbacks (do not replace them).
 SslCtxPtr build_server_context(const ServerContextOptions& options);
+
+// The DER OCSP response to staple now, or null for none. Called during handshakes: it must not
+// block or do I/O.
+using StapleSource = std::function<std::shared_ptr<const std::string>()>;
+
+// Answers clients that ask for certificate status (status_request) with what `source` returns,
+// and with no status when it returns null. The SSL_CTX keeps `source` alive. Call before the
+// context is shared with io threads.
+void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source);
 
 // Why client verification failed on this connection: "no_certificate", "unknown_ca", "expired",
 // "not_yet_valid", "bad_purpose", "chain_too_long", "revoked", "revocation_unknown",
