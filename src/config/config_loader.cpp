@@ -270,12 +270,13 @@ class Loader {
     }
   }
 
+  // `zero_allowed` for durations where 0 means "off".
   void duration(const YAML::Node& parent, const std::string& path, std::string_view key,
-                Duration& out) {
+                Duration& out, bool zero_allowed = false) {
     if (auto v = scalar(parent, path, key, false)) {
       try {
         out = parse_duration(*v);
-        if (out.count() <= 0)
+        if (out.count() < 0 || (out.count() == 0 && !zero_allowed))
           error(parent[std::string(key)], join(path, key), "must be greater than zero");
       } catch (const std::invalid_argument& e) {
         error(parent[std::string(key)], join(path, key), e.what());
@@ -950,7 +951,7 @@ LoadResult parse_config(std::string_view yaml, const fs::path& file) {
     if (l.map(runtime, "runtime", {"io_threads", "shutdown_grace", "watch_interval"})) {
       l.integer(runtime, "runtime", "io_threads", cfg.runtime.io_threads, 0, 1024);
       l.duration(runtime, "runtime", "shutdown_grace", cfg.runtime.shutdown_grace);
-      l.duration(runtime, "runtime", "watch_interval", cfg.runtime.watch_interval);
+      l.duration(runtime, "runtime", "watch_interval", cfg.runtime.watch_interval, true);
     }
   }
 

@@ -26,8 +26,8 @@ def tearDownModule():
     PKI.cleanup()
 
 
-def start_gateway(ports, settings=""):
-    endpoints = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
+def start_gateway(ports, settings="", host="127.0.0.1"):
+    endpoints = ", ".join(f'"{host}:{p}"' for p in ports)
     upstreams = (f"  app: {{ endpoints: [{endpoints}], connect_timeout: 2s, response_timeout: 5s"
                  f"{settings} }}\n")
     return Gateway(PKI.server["chain"], PKI.server["key"], PKI.truststore, ports[0],
@@ -134,6 +134,22 @@ class Balancing(unittest.TestCase):
         finally:
             gateway.stop()
             slow.stop()
+
+
+class Names(unittest.TestCase):
+    def test_endpoints_may_be_dns_names(self):
+        # "localhost" goes through the resolver (and its answer cache, renewed every
+        # resolve_interval); the echo upstreams listen on 127.0.0.1 only.
+        ports = [e.port for e in ECHOES]
+        gateway = start_gateway(ports, ", resolve_interval: 1s", host="localhost")
+        self.addCleanup(gateway.stop)
+        before = requests_of(ECHOES)
+        with TlsConnection(gateway.port, client_context(PKI, PKI.good)) as conn:
+            for i in range(9):
+                self.assertEqual(conn.request(get(f"/named/{i}"))[0], 200)
+        spread = [after - b for after, b in zip(requests_of(ECHOES), before)]
+        self.assertEqual(sum(spread), 9)
+        self.assertTrue(all(n > 0 for n in spread), spread)
 
 
 class PassiveHealth(unittest.TestCase):
