@@ -31,8 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (int i = 0; i < n; ++i) {
     const ASN1_INTEGER* serial = X509_REVOKED_get0_serialNumber(sk_X509_REVOKED_value(list, i));
     if (ASN1_STRING_type(serial) == V_ASN1_NEG_INTEGER) return 0;
-    const auto normalised =
-        revocation::serial_from_magnitude(ASN1_STRING_get0_data(serial), ASN1_STRING_length(serial));
+    const auto normalised = revocation::serial_from_magnitude(ASN1_STRING_get0_data(serial),
+                                                              ASN1_STRING_length(serial));
     if (!normalised) return 0;
     expected.push_back(*normalised);
   }
