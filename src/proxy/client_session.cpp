@@ -77,6 +77,19 @@ bool is_tls_error(const boost::system::error_code& ec) {
   return ec.category() == net::error::get_ssl_category() || ec == ssl::error::stream_truncated;
 }
 
+// How an upstream failure is counted and logged: a timeout, a TLS failure, or `other`.
+struct UpstreamFailure {
+  admin::UpstreamError kind;
+  const char* reason;
+};
+
+UpstreamFailure classify_upstream_failure(const boost::system::error_code& ec,
+                                          const char* timeout_reason, UpstreamFailure other) {
+  if (ec == beast::error::timeout) return {admin::UpstreamError::timeout, timeout_reason};
+  if (is_tls_error(ec)) return {admin::UpstreamError::tls, "upstream_tls_failed"};
+  return other;
+}
+
 // A refusal body: a reason code the client can act on, never certificate internals. Built
 // outside co_await expressions (GCC 12 mishandles initializer lists held across a suspension).
 std::string json_error(std::string_view error, std::string_view reason) {
@@ -490,14 +503,11 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
       connect_error = e.code();
     }
     if (connect_error) {
-      const bool timeout = connect_error == beast::error::timeout;
-      const bool tls_failed = is_tls_error(connect_error);
-      metrics.upstream_error(timeout      ? admin::UpstreamError::timeout
-                             : tls_failed ? admin::UpstreamError::tls
-                                          : admin::UpstreamError::connect_failed);
-      ex.reason = timeout      ? "upstream_connect_timeout"
-                  : tls_failed ? "upstream_tls_failed"
-                               : "upstream_connect_failed";
+      const auto failure = classify_upstream_failure(
+          connect_error, "upstream_connect_timeout",
+          {admin::UpstreamError::connect_failed, "upstream_connect_failed"});
+      metrics.upstream_error(failure.kind);
+      ex.reason = failure.reason;
       spdlog::warn("upstream connect failed conn={} upstream={} error=\"{}\"", id_, upstream.name,
                    connect_error.message());
       co_await respond(502, "text/plain; charset=utf-8", "502 Bad Gateway: upstream unavailable\n",
@@ -555,13 +565,10 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
         const bool timeout = ec == beast::error::timeout;
         // A TLS upstream that refuses the gateway's (missing) certificate says so with an
         // alert after a TLS 1.3 handshake has completed on this side: it arrives here.
-        const bool tls_failed = is_tls_error(ec);
-        metrics.upstream_error(timeout      ? admin::UpstreamError::timeout
-                               : tls_failed ? admin::UpstreamError::tls
-                                            : admin::UpstreamError::bad_response);
-        ex.reason = timeout      ? "upstream_timeout"
-                    : tls_failed ? "upstream_tls_failed"
-                                 : "upstream_bad_response";
+        const auto failure = classify_upstream_failure(
+            ec, "upstream_timeout", {admin::UpstreamError::bad_response, "upstream_bad_response"});
+        metrics.upstream_error(failure.kind);
+        ex.reason = failure.reason;
         spdlog::warn("upstream response failed conn={} upstream={} endpoint={} error=\"{}\"", id_,
                      upstream.name, ex.endpoint, ec.message());
         if (timeout) {
