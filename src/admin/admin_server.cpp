@@ -6,6 +6,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -114,7 +115,14 @@ net::awaitable<void> serve(std::shared_ptr<AdminServer::State> state, tcp::socke
 net::awaitable<void> accept_loop(std::shared_ptr<AdminServer::State> state) {
   for (;;) {
     auto [ec, socket] = co_await state->acceptor.async_accept(net::as_tuple(net::use_awaitable));
-    if (ec || state->stopped) co_return;
+    if (ec == net::error::operation_aborted || state->stopped) co_return;
+    if (ec) {
+      // Out of descriptors and similar: health probes must answer again once they are back.
+      spdlog::warn("admin listener accept failed: {}", ec.message());
+      net::steady_timer pause(state->acceptor.get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(net::as_tuple(net::use_awaitable));
+      continue;
+    }
     net::co_spawn(state->acceptor.get_executor(), serve(state, std::move(socket)), net::detached);
   }
 }
