@@ -5,14 +5,18 @@
 #include "portcullis/proxy/request_rules.hpp"
 #include "portcullis/revocation/checker_factory.hpp"
 #include "portcullis/revocation/crl_refresher.hpp"
+#include "portcullis/revocation/ocsp.hpp"
+#include "portcullis/revocation/revocation_checker.hpp"
 #include "portcullis/tls/peer_identity.hpp"
 #include "portcullis/tls/truststore.hpp"
 
+#include <fmt/chrono.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -119,11 +123,13 @@ int check_cert(const CheckCertOptions& o) {
     if (o.offline) {
       std::erase_if(checker_settings.crl.sources, [](const auto& s) { return !s.url.empty(); });
     }
-    if (checker_settings.mode == config::RevocationMode::none) {
+    if (!revocation::checks_revocation(checker_settings)) {
       std::cout << "revocation:  off (revocation.mode none)\n";
     } else {
-      auto checker = std::make_shared<revocation::CrlChecker>(
-          checker_settings.on_unknown, checker_settings.crl.stale_grace, [when] { return when; });
+      auto checkers = revocation::make_checkers(checker_settings, [when] { return when; });
+      const auto& checker = checkers.crl;
+      const auto* combined =
+          dynamic_cast<const revocation::RevocationChecker*>(checkers.checker.get());
       revocation::CrlRefresher refresher(checker_settings, {trust}, checker);
       // As the gateway discovers them in handshakes: the CRL Distribution Points of the chain.
       if (checker_settings.crl.discover) {
@@ -150,33 +156,97 @@ int check_cert(const CheckCertOptions& o) {
                                : "not loaded (" + s.last_error + ")")
                   << "\n";
       }
+      if (checkers.ocsp) checkers.ocsp->start();
       const int n = sk_X509_num(chain);
       for (int depth = 0; depth + 1 < n; ++depth) {
         X509* cert = sk_X509_value(chain, depth);
-        const auto raw = checker->lookup(cert, sk_X509_value(chain, depth + 1));
-        const auto decided = checker->check(cert, sk_X509_value(chain, depth + 1));
-        const char* status = raw.status == revocation::Status::good      ? "good"
-                             : raw.status == revocation::Status::revoked ? "REVOKED"
-                                                                         : "unknown";
-        std::cout << "revocation:  depth " << depth << " " << tls::subject_of(cert) << ": "
-                  << status;
-        if (!raw.reason.empty() && raw.status != revocation::Status::revoked) {
-          std::cout << " (" << raw.reason << ")";
+        X509* issuer = sk_X509_value(chain, depth + 1);
+        const auto mode = combined ? combined->mode_for(issuer) : checker_settings.mode;
+        const bool uses_crl =
+            mode != config::RevocationMode::none && mode != config::RevocationMode::ocsp;
+        const bool uses_ocsp =
+            combined && mode != config::RevocationMode::none && mode != config::RevocationMode::crl;
+        std::cout << "revocation:  depth " << depth << " " << tls::subject_of(cert) << ": ";
+        if (uses_crl) {
+          const auto raw = checker->lookup(cert, issuer);
+          std::cout << (raw.status == revocation::Status::good      ? "good"
+                        : raw.status == revocation::Status::revoked ? "REVOKED"
+                                                                    : "unknown");
+          if (!raw.reason.empty() && raw.status != revocation::Status::revoked) {
+            std::cout << " (" << raw.reason << ")";
+          }
+          if (raw.status == revocation::Status::unknown) {
+            const auto policy = checker->on_unknown_for(issuer);
+            std::cout << ", policy on_unknown="
+                      << (policy == config::OnUnknown::deny ? "deny" : "allow")
+                      << (policy == checker_settings.on_unknown ? "" : " (issuer rule)");
+          }
+          if (combined) std::cout << " [mode " << config::to_string(mode) << "]";
+          std::cout << "\n";
+        } else {
+          std::cout << "mode " << config::to_string(mode) << "\n";
         }
-        if (raw.status == revocation::Status::unknown) {
-          const auto policy = checker->on_unknown_for(sk_X509_value(chain, depth + 1));
-          std::cout << ", policy on_unknown="
-                    << (policy == config::OnUnknown::deny ? "deny" : "allow")
-                    << (policy == checker_settings.on_unknown ? "" : " (issuer rule)");
+        auto decided = checkers.checker->check(cert, issuer);
+        if (decided.status == revocation::Status::pending && !o.offline) {
+          // One query, bounded by revocation.ocsp.timeout.
+          std::promise<void> answered;
+          auto done = answered.get_future();
+          checkers.checker->resolve({{cert, issuer}}, [&answered] { answered.set_value(); });
+          done.wait_for(checker_settings.ocsp.timeout + std::chrono::seconds(5));
         }
-        std::cout << "\n";
+        if (decided.status == revocation::Status::pending) {
+          decided = checkers.checker->check_settled(cert, issuer);
+        }
+        if (uses_ocsp) {
+          const auto d = checkers.ocsp->detail(cert, issuer);
+          const auto responder =
+              d.responder.empty() ? combined->responder_for(cert, issuer) : d.responder;
+          const char* status = "not asked";
+          switch (d.lookup.kind) {
+            case revocation::OcspLookup::Kind::good:
+              status = "good";
+              break;
+            case revocation::OcspLookup::Kind::revoked:
+              status = "REVOKED";
+              break;
+            case revocation::OcspLookup::Kind::unknown:
+              status = "unknown (the responder does not know the certificate)";
+              break;
+            case revocation::OcspLookup::Kind::failed:
+              status = "failed";
+              break;
+            case revocation::OcspLookup::Kind::miss:
+              break;
+          }
+          std::cout << "  ocsp:      " << status;
+          if (d.lookup.kind == revocation::OcspLookup::Kind::failed) {
+            std::cout << " (" << d.lookup.reason << (d.error.empty() ? "" : ": " + d.error) << ")";
+          }
+          std::cout << ", responder " << (responder.empty() ? "none (no AIA OCSP URI)" : responder);
+          const auto stamp = [](const auto& t) {
+            if (!t) return std::string("not set");
+            return fmt::format("{:%Y-%m-%dT%H:%M:%SZ}",
+                               fmt::gmtime(std::chrono::system_clock::to_time_t(*t)));
+          };
+          if (d.this_update) {
+            std::cout << ", thisUpdate " << stamp(d.this_update) << ", nextUpdate "
+                      << stamp(d.next_update);
+          }
+          std::cout << "\n";
+        }
+        if (combined && decided.status == revocation::Status::good && !decided.reason.empty()) {
+          std::cout << "  policy:    admitted (" << decided.reason << ")\n";
+        }
         if (decided.status != revocation::Status::good) {
+          if (combined) std::cout << "  reason:    " << decided.reason << "\n";
           const auto reason =
               decided.status == revocation::Status::revoked ? "revoked" : "revocation_unknown";
           std::cout << "verdict:     refused (" << reason << ")\n";
+          if (checkers.ocsp) checkers.ocsp->stop();
           return 1;
         }
       }
+      if (checkers.ocsp) checkers.ocsp->stop();
     }
 
     if (!o.host.empty() || !o.path.empty()) {

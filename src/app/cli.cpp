@@ -39,8 +39,8 @@ int check_config(const std::string& file) {
     auto loaded = config::load_config(file);
     const auto warnings = loaded.warnings;
     // Building the snapshot loads the truststores and TLS material, as a start would.
-    auto checker = revocation::make_checker(loaded.config.revocation);
-    auto snapshot = proxy::build_snapshot(std::move(loaded), checker);
+    auto checkers = revocation::make_checkers(loaded.config.revocation);
+    auto snapshot = proxy::build_snapshot(std::move(loaded), checkers.checker);
     for (const auto& w : warnings) std::cerr << "warning: " << w.to_string() << "\n";
     for (const auto& l : snapshot->listeners) {
       for (const auto& w : l->truststore->summary().warnings) {

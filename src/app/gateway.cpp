@@ -42,6 +42,9 @@ struct Gateway::Impl {
   std::vector<std::unique_ptr<proxy::Listener>> listeners;
   std::unique_ptr<admin::AdminServer> admin;
   std::shared_ptr<revocation::CrlChecker> crl_checker;
+  // Set when some issuer is checked with OCSP; stopped before the workers.
+  std::shared_ptr<revocation::OcspClient> ocsp;
+  std::shared_ptr<const revocation::Checker> checker;  // what snapshots are built with
   std::unique_ptr<revocation::CrlRefresher> refresher;
   // One per listener (null with stapling off). Staplers outlive snapshots: a reload keeps the
   // stapler of a listener whose certificate and stapling settings are unchanged.
@@ -76,9 +79,15 @@ std::string revocation_settings(const config::Revocation& r) {
   std::string out = fmt::format("{}|{}|", config::to_string(r.mode),
                                 r.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
   for (const auto& rule : r.issuers) {
-    out += fmt::format("{}|{}|{}|", rule.subject, rule.sha256,
-                       rule.on_unknown == config::OnUnknown::deny ? "deny" : "allow");
+    out += fmt::format("{}|{}|{}|{}|{}|", rule.subject, rule.sha256,
+                       rule.on_unknown == config::OnUnknown::deny ? "deny" : "allow",
+                       rule.mode ? config::to_string(*rule.mode) : "", rule.ocsp_responder);
   }
+  const auto& o = r.ocsp;
+  out +=
+      fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|", o.timeout.count(), o.nonce, o.get,
+                  o.clock_skew.count(), o.min_ttl.count(), o.max_ttl.count(), o.failure_ttl.count(),
+                  o.refresh_recent.count(), o.max_entries, o.check_intermediates);
   for (const auto& source : r.crl.sources) out += source.url + "|" + source.file.string() + "|";
   out += fmt::format("{}|{}|{}|{}|{}|{}|{}", r.crl.discover, r.crl.refresh_interval.count(),
                      r.crl.stale_grace.count(), r.crl.cache_dir.string(),
@@ -212,12 +221,12 @@ std::string Gateway::Impl::status_json() const {
   }
   status["upstreams"] = std::move(upstreams);
   json::array sources;
+  const auto when = [](const auto& t) -> json::value {
+    if (!t) return nullptr;
+    return json::value(fmt::format("{:%Y-%m-%dT%H:%M:%SZ}",
+                                   fmt::gmtime(std::chrono::system_clock::to_time_t(*t))));
+  };
   if (refresher) {
-    const auto when = [](const auto& t) -> json::value {
-      if (!t) return nullptr;
-      return json::value(fmt::format("{:%Y-%m-%dT%H:%M:%SZ}",
-                                     fmt::gmtime(std::chrono::system_clock::to_time_t(*t))));
-    };
     for (const auto& src : refresher->status()) {
       json::object o;
       o["source"] = src.source;
@@ -244,6 +253,21 @@ std::string Gateway::Impl::status_json() const {
       {"on_unknown",
        snap->config->revocation.on_unknown == config::OnUnknown::deny ? "deny" : "allow"},
       {"sources", std::move(sources)}};
+  if (ocsp) {
+    json::array responders;
+    for (const auto& r : ocsp->responders()) {
+      responders.push_back(json::object{{"url", r.url},
+                                        {"healthy", r.healthy},
+                                        {"queries", r.queries},
+                                        {"failures", r.failures},
+                                        {"last_success", when(r.last_success)},
+                                        {"last_failure", when(r.last_failure)},
+                                        {"last_error", r.last_error},
+                                        {"last_latency_seconds", r.last_latency_seconds}});
+    }
+    status["revocation"].as_object()["ocsp"] =
+        json::object{{"cache_entries", ocsp->entries()}, {"responders", std::move(responders)}};
+  }
   json::array config_warnings;
   for (const auto& w : snap->warnings) config_warnings.emplace_back(w.to_string());
   status["config_warnings"] = std::move(config_warnings);
@@ -287,7 +311,7 @@ admin::Response Gateway::Impl::reload() {
       throw std::runtime_error(
           "the revocation settings changed; restart to apply them (nothing was reloaded)");
     }
-    auto built = proxy::build_snapshot(std::move(loaded), crl_checker);
+    auto built = proxy::build_snapshot(std::move(loaded), checker);
     attach_staplers(*built);
     snapshot.store(built);
     if (refresher) {
@@ -385,9 +409,12 @@ Gateway::Gateway(config::LoadResult loaded) : impl_(std::make_unique<Impl>()) {
   util::setup_logging(loaded.config.logging.level);
   impl_->services.access_log = util::make_access_log(loaded.config.logging.access_log);
   for (const auto& w : loaded.warnings) spdlog::warn("config: {}", w.to_string());
-  impl_->crl_checker = revocation::make_checker(loaded.config.revocation);
+  auto checkers = revocation::make_checkers(loaded.config.revocation);
+  impl_->crl_checker = checkers.crl;
+  impl_->ocsp = checkers.ocsp;
+  impl_->checker = checkers.checker;
   const auto revocation_settings = loaded.config.revocation;
-  auto snap = proxy::build_snapshot(std::move(loaded), impl_->crl_checker);
+  auto snap = proxy::build_snapshot(std::move(loaded), impl_->checker);
   impl_->attach_staplers(*snap);
   if (impl_->crl_checker) {
     std::vector<std::shared_ptr<const tls::Truststore>> truststores;
@@ -404,6 +431,8 @@ Gateway::Gateway(config::LoadResult loaded) : impl_(std::make_unique<Impl>()) {
 }
 
 Gateway::~Gateway() {
+  // The OCSP client's thread completes connections' waits on the workers: it stops first.
+  if (impl_->ocsp) impl_->ocsp->stop();
   for (auto& w : impl_->workers) w->stop();
 }
 
@@ -432,7 +461,7 @@ int Gateway::run(std::function<void()> on_ready) {
     }
     if (!stapling.empty()) stapling = revocation::OcspStapler::metric_headers() + stapling;
     return s.services.metrics.render() + (s.refresher ? s.refresher->render_metrics() : "") +
-           stapling;
+           (s.ocsp ? s.ocsp->render_metrics() : "") + stapling;
   };
   handlers.post["/revocation/refresh"] = [&s] {
     if (!s.refresher)
@@ -446,6 +475,7 @@ int Gateway::run(std::function<void()> on_ready) {
                                                  std::move(handlers));
 
   if (s.refresher) s.refresher->start();
+  if (s.ocsp) s.ocsp->start();
   for (auto& stapler : s.staplers) {
     if (stapler) stapler->start();
   }

@@ -466,6 +466,19 @@ void load_route(Loader& l, const YAML::Node& node, const std::string& p, Route& 
   }
 }
 
+// An OCSP responder URL: http:// only (answers are signed; https would add nothing but a
+// certificate chain of its own to trust).
+void ocsp_responder(Loader& l, const YAML::Node& node, const std::string& path, const char* key,
+                    std::string& out) {
+  l.string(node, path, key, out);
+  if (!out.empty() && out.rfind("http://", 0) != 0) {
+    l.error(node[key], path + "." + key,
+            fmt::format("'{}' is not an http:// URL (OCSP is asked over plain HTTP; answers are "
+                        "signed)",
+                        out));
+  }
+}
+
 void load_ocsp_stapling(Loader& l, const YAML::Node& tls, const std::string& t, OcspStapling& out) {
   const auto node = tls["ocsp_stapling"];
   const auto o = t + ".ocsp_stapling";
@@ -474,13 +487,7 @@ void load_ocsp_stapling(Loader& l, const YAML::Node& tls, const std::string& t, 
     return;
   }
   l.boolean(node, o, "enabled", out.enabled);
-  l.string(node, o, "responder", out.responder);
-  if (!out.responder.empty() && out.responder.rfind("http://", 0) != 0) {
-    l.error(node["responder"], o + ".responder",
-            fmt::format("'{}' is not an http:// URL (OCSP responders are fetched over plain "
-                        "HTTP; responses are signed)",
-                        out.responder));
-  }
+  ocsp_responder(l, node, o, "responder", out.responder);
   l.duration(node, o, "refresh", out.refresh);
   l.path(node, o, "file", out.file, false, true);
   l.duration(node, o, "fetch_timeout", out.fetch_timeout);
@@ -730,6 +737,16 @@ std::string parse_rfc4514(std::string_view text,
   return "";
 }
 
+void revocation_mode(Loader& l, const YAML::Node& parent, const std::string& path,
+                     RevocationMode& out) {
+  l.choice(parent, path, "mode", out,
+           {{"none", RevocationMode::none},
+            {"crl", RevocationMode::crl},
+            {"ocsp", RevocationMode::ocsp},
+            {"ocsp_then_crl", RevocationMode::ocsp_then_crl},
+            {"crl_then_ocsp", RevocationMode::crl_then_ocsp}});
+}
+
 void load_issuer_policies(Loader& l, const YAML::Node& issuers, Revocation& r) {
   if (!issuers.IsSequence()) {
     l.error(issuers, "revocation.issuers",
@@ -740,18 +757,26 @@ void load_issuer_policies(Loader& l, const YAML::Node& issuers, Revocation& r) {
   for (std::size_t i = 0; i < issuers.size(); ++i) {
     const auto key = fmt::format("revocation.issuers[{}]", i);
     const auto& node = issuers[i];
-    if (!l.map(node, key, {"subject", "sha256", "on_unknown"})) continue;
+    if (!l.map(node, key, {"subject", "sha256", "on_unknown", "mode", "ocsp_responder"})) continue;
     IssuerPolicy policy;
     policy.file = l.file();
     policy.line = l.line_of(node);
     policy.key = key;
     l.string(node, key, "subject", policy.subject);
     l.string(node, key, "sha256", policy.sha256);
-    if (!node["on_unknown"].IsDefined()) {
-      l.error(node, key + ".on_unknown", "required key is missing");
+    if (!node["on_unknown"].IsDefined() && !node["mode"].IsDefined() &&
+        !node["ocsp_responder"].IsDefined()) {
+      l.error(node, key, "sets nothing: give on_unknown, mode or ocsp_responder");
     }
+    policy.on_unknown = r.on_unknown;
     l.choice(node, key, "on_unknown", policy.on_unknown,
              {{"deny", OnUnknown::deny}, {"allow", OnUnknown::allow}});
+    if (node["mode"].IsDefined()) {
+      RevocationMode mode = r.mode;
+      revocation_mode(l, node, key, mode);
+      policy.mode = mode;
+    }
+    ocsp_responder(l, node, key, "ocsp_responder", policy.ocsp_responder);
     if (policy.subject.empty() == policy.sha256.empty()) {
       l.error(node, key, "needs exactly one of subject or sha256");
     } else if (!policy.subject.empty()) {
@@ -775,18 +800,41 @@ void load_issuer_policies(Loader& l, const YAML::Node& issuers, Revocation& r) {
   }
 }
 
+void load_ocsp(Loader& l, const YAML::Node& node, Revocation::Ocsp& o) {
+  const std::string p = "revocation.ocsp";
+  if (!l.map(node, p,
+             {"timeout", "nonce", "method", "clock_skew", "min_ttl", "max_ttl", "failure_ttl",
+              "refresh_recent", "max_entries", "check_intermediates"})) {
+    return;
+  }
+  l.duration(node, p, "timeout", o.timeout);
+  l.boolean(node, p, "nonce", o.nonce);
+  l.choice(node, p, "method", o.get, {{"post", false}, {"get", true}});
+  l.duration(node, p, "clock_skew", o.clock_skew, true);
+  l.duration(node, p, "min_ttl", o.min_ttl);
+  l.duration(node, p, "max_ttl", o.max_ttl);
+  l.duration(node, p, "failure_ttl", o.failure_ttl);
+  l.duration(node, p, "refresh_recent", o.refresh_recent, true);
+  int entries = static_cast<int>(o.max_entries);
+  l.integer(node, p, "max_entries", entries, 1, 100'000'000);
+  o.max_entries = static_cast<std::uint64_t>(entries);
+  l.boolean(node, p, "check_intermediates", o.check_intermediates);
+  if (o.max_ttl < o.min_ttl) {
+    l.error(node["max_ttl"].IsDefined() ? node["max_ttl"] : node, p + ".max_ttl",
+            "must not be shorter than min_ttl");
+  }
+}
+
 void load_revocation(Loader& l, const YAML::Node& node, Revocation& r) {
-  if (!l.map(node, "revocation", {"mode", "on_unknown", "issuers", "crl"})) return;
-  l.choice(node, "revocation", "mode", r.mode,
-           {{"none", RevocationMode::none},
-            {"crl", RevocationMode::crl},
-            {"ocsp", RevocationMode::ocsp},
-            {"ocsp_then_crl", RevocationMode::ocsp_then_crl},
-            {"crl_then_ocsp", RevocationMode::crl_then_ocsp}});
+  if (!l.map(node, "revocation", {"mode", "on_unknown", "issuers", "crl", "ocsp"})) return;
+  revocation_mode(l, node, "revocation", r.mode);
   l.choice(node, "revocation", "on_unknown", r.on_unknown,
            {{"deny", OnUnknown::deny}, {"allow", OnUnknown::allow}});
   if (const auto issuers = node["issuers"]; issuers.IsDefined() && !issuers.IsNull()) {
     load_issuer_policies(l, issuers, r);
+  }
+  if (const auto ocsp = node["ocsp"]; ocsp.IsDefined() && !ocsp.IsNull()) {
+    load_ocsp(l, ocsp, r.ocsp);
   }
   const auto crl = node["crl"];
   if (!crl.IsDefined()) return;

@@ -145,6 +145,7 @@ class Session {
 
  private:
   net::awaitable<bool> handshake();
+  net::awaitable<revocation::Verdict> revocation_verdict(const revocation::Checker& checker);
   net::awaitable<std::pair<boost::system::error_code, std::optional<Rejection>>>
   read_header_section(std::chrono::milliseconds timeout);
   net::awaitable<boost::system::error_code> read_first_body_piece(
@@ -168,6 +169,9 @@ class Session {
   std::shared_ptr<const tls::PeerIdentity> identity_;
   tls::HeaderList identity_headers_;
   std::uint64_t revocation_generation_ = 0;
+  // Set when revocation refused the client after its handshake (a resumed session, or a status
+  // resolved after it): the first request is answered 403 with this reason, and nothing more.
+  std::string_view refusal_;
   beast::flat_buffer buffer_;
   std::vector<char> chunk_ = std::vector<char>(relay_chunk_size);
   std::optional<std::size_t> preread_;  // body bytes already in chunk_, not yet forwarded
@@ -255,22 +259,28 @@ net::awaitable<bool> Session::handshake() {
                  cfg_.name, peer_, admin::to_string(result), ec.message());
     co_return false;
   }
-  // A resumed session skipped certificate verification: its chain is checked against the
-  // current revocation data before anything is forwarded.
+  // A resumed session skipped certificate verification, and a status the verify path did not
+  // have (first sight of a certificate checked with OCSP) is looked up now: either way the
+  // chain's verdict is known before anything is forwarded.
   if (const auto& checker = p_.snapshot->revocation) {
-    if (SSL_session_reused(ssl)) {
-      const auto verdict = revocation::check_peer(*checker, ssl, p_.listener->truststore->store());
+    // Read before checking: data that changes meanwhile means another check at the next request.
+    const auto generation = checker->generation();
+    if (SSL_session_reused(ssl) || checker->may_defer()) {
+      const auto verdict = co_await revocation_verdict(*checker);
       if (verdict.status != revocation::Status::good) {
         const auto result = verdict.status == revocation::Status::revoked
                                 ? admin::HandshakeResult::revoked
                                 : admin::HandshakeResult::revocation_unknown;
         metrics.handshake(result, seconds_since(started));
-        spdlog::info("resumed session refused conn={} peer={} reason={}", id_, peer_,
-                     verdict.reason);
-        co_return false;
+        spdlog::info(
+            "client certificate refused after handshake conn={} peer={} reason={} "
+            "resumed={}",
+            id_, peer_, verdict.reason, SSL_session_reused(ssl) == 1);
+        refusal_ = verdict.reason.empty() ? std::string_view("revoked") : verdict.reason;
+        co_return true;
       }
     }
-    revocation_generation_ = checker->generation();
+    revocation_generation_ = generation;
   }
   metrics.handshake(admin::HandshakeResult::ok, seconds_since(started));
   if (const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) sni_ = name;
@@ -278,6 +288,26 @@ net::awaitable<bool> Session::handshake() {
   spdlog::debug("handshake ok conn={} peer={} subject=\"{}\" serial={} resumed={}", id_, peer_,
                 identity_->subject, identity_->serial_hex, SSL_session_reused(ssl) == 1);
   co_return true;
+}
+
+// The connection's chain checked against the current revocation data, waiting (without holding
+// an io thread) for whatever the checker has to look up first.
+net::awaitable<revocation::Verdict> Session::revocation_verdict(
+    const revocation::Checker& checker) {
+  SSL* ssl = stream_.native_handle();
+  auto* trust = p_.listener->truststore->store();
+  std::vector<revocation::CertPair> pending;
+  const auto first = revocation::check_peer(checker, ssl, trust, &pending);
+  if (first.status != revocation::Status::pending) co_return first;
+  const auto executor = co_await net::this_coro::executor;
+  auto initiation = [&checker, &pending, executor](auto handler) {
+    auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+    checker.resolve(
+        pending, [shared, executor] { net::post(executor, [shared] { std::move (*shared)(); }); });
+  };
+  co_await net::async_initiate<decltype(net::use_awaitable), void()>(std::move(initiation),
+                                                                     net::use_awaitable);
+  co_return revocation::check_peer(checker, ssl, trust);
 }
 
 net::awaitable<void> Session::run() {
@@ -363,19 +393,26 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   const bool body_pending = !parser.is_done();
   const bool keep_alive = req.keep_alive() && !body_pending;  // refusals do not read the body
 
+  if (!refusal_.empty()) {
+    ex.reason = std::string(refusal_);
+    auto body = json_error("forbidden", ex.reason);
+    co_await respond(403, "application/json", std::move(body), false, ex);
+    co_return false;
+  }
+
   // New revocation data since this connection was admitted: check its chain again, so a
   // revoked client's keep-alive connection carries no further request.
   if (const auto& checker = p_.snapshot->revocation;
       checker && checker->generation() != revocation_generation_) {
-    const auto verdict =
-        revocation::check_peer(*checker, stream_.native_handle(), p_.listener->truststore->store());
+    const auto generation = checker->generation();
+    const auto verdict = co_await revocation_verdict(*checker);
     if (verdict.status != revocation::Status::good) {
       ex.reason = verdict.status == revocation::Status::revoked ? "revoked" : "revocation_unknown";
       auto body = json_error("forbidden", ex.reason);
       co_await respond(403, "application/json", std::move(body), false, ex);
       co_return false;
     }
-    revocation_generation_ = checker->generation();
+    revocation_generation_ = generation;
   }
 
   if (auto rejection = validate_request(req, sni_)) {

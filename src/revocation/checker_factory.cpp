@@ -1,23 +1,35 @@
 #include "portcullis/revocation/checker_factory.hpp"
 
-#include <stdexcept>
-#include <string>
+#include "portcullis/revocation/revocation_checker.hpp"
+
+#include <algorithm>
 
 namespace portcullis::revocation {
 
-std::shared_ptr<CrlChecker> make_checker(const config::Revocation& settings) {
-  switch (settings.mode) {
-    case config::RevocationMode::none:
-      return nullptr;
-    case config::RevocationMode::crl:
-      return std::make_shared<CrlChecker>(settings.on_unknown, settings.crl.stale_grace);
-    default:
-      // Refusing to start is the only safe answer for a mode this build cannot enforce: running
-      // without the checks the operator asked for would admit revoked clients.
-      throw std::runtime_error(
-          "revocation.mode: '" + std::string(config::to_string(settings.mode)) +
-          "' is not supported by this version of portcullis; use 'crl' or 'none'");
-  }
+bool checks_revocation(const config::Revocation& settings) {
+  const auto checks = [](config::RevocationMode m) { return m != config::RevocationMode::none; };
+  return checks(settings.mode) ||
+         std::any_of(settings.issuers.begin(), settings.issuers.end(),
+                     [&](const auto& p) { return p.mode && checks(*p.mode); });
+}
+
+bool needs_ocsp_client(const config::Revocation& settings) {
+  const auto& issuers = settings.issuers;
+  return checks_revocation(settings) &&
+         (settings.mode != config::RevocationMode::crl ||
+          std::any_of(issuers.begin(), issuers.end(), [](const auto& p) { return p.mode; }));
+}
+
+Checkers make_checkers(const config::Revocation& settings, OcspClient::Clock clock) {
+  Checkers out;
+  if (!checks_revocation(settings)) return out;
+  out.crl = std::make_shared<CrlChecker>(settings.on_unknown, settings.crl.stale_grace, clock);
+  out.checker = out.crl;
+  if (!needs_ocsp_client(settings)) return out;
+  out.ocsp = std::make_shared<OcspClient>(settings.ocsp, std::move(clock));
+  out.checker = std::make_shared<RevocationChecker>(
+      settings.mode, settings.ocsp.check_intermediates, out.crl, out.ocsp);
+  return out;
 }
 
 }  // namespace portcullis::revocation

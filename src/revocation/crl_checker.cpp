@@ -59,6 +59,8 @@ std::vector<IssuerRule> resolve_issuer_rules(const std::vector<config::IssuerPol
   for (const auto& policy : policies) {
     IssuerRule rule;
     rule.on_unknown = policy.on_unknown;
+    rule.mode = policy.mode;
+    rule.ocsp_responder = policy.ocsp_responder;
     bool matched = false;
     if (!policy.subject.empty()) {
       rule.subject = name_from_rdns(policy);
@@ -177,21 +179,30 @@ Verdict CrlChecker::lookup(const RevocationIndex& index, X509* cert, X509* issue
   return Verdict{Status::good, {}};
 }
 
+const IssuerRule* CrlChecker::rule_for(X509* issuer) const noexcept {
+  return rules_.empty() ? nullptr : rule_for(issuer, key_hash_of(issuer));
+}
+
+const IssuerRule* CrlChecker::rule_for(X509* issuer, const KeyHash& issuer_key) const noexcept {
+  for (const auto& rule : rules_) {
+    if (rule.subject && X509_NAME_cmp(X509_get_subject_name(issuer), rule.subject.get()) == 0) {
+      return &rule;
+    }
+    if (std::find(rule.keys.begin(), rule.keys.end(), issuer_key) != rule.keys.end()) {
+      return &rule;
+    }
+  }
+  return nullptr;
+}
+
 config::OnUnknown CrlChecker::on_unknown_for(X509* issuer) const noexcept {
   return on_unknown_for(issuer, key_hash_of(issuer));
 }
 
 config::OnUnknown CrlChecker::on_unknown_for(X509* issuer,
                                              const KeyHash& issuer_key) const noexcept {
-  for (const auto& rule : rules_) {
-    if (rule.subject && X509_NAME_cmp(X509_get_subject_name(issuer), rule.subject.get()) == 0) {
-      return rule.on_unknown;
-    }
-    if (std::find(rule.keys.begin(), rule.keys.end(), issuer_key) != rule.keys.end()) {
-      return rule.on_unknown;
-    }
-  }
-  return on_unknown_;
+  const auto* rule = rule_for(issuer, issuer_key);
+  return rule ? rule->on_unknown : on_unknown_;
 }
 
 Verdict CrlChecker::check(X509* cert, X509* issuer) const noexcept {
@@ -203,6 +214,7 @@ Verdict CrlChecker::check(X509* cert, X509* issuer) const noexcept {
       counters_[revoked_].fetch_add(1, std::memory_order_relaxed);
       return verdict;
     case Status::unknown:
+    case Status::pending:  // never answered by a CRL lookup
       break;
   }
   const bool no_crl = verdict.reason == reason::no_crl_for_issuer;

@@ -125,6 +125,7 @@ OcspVerdict verify_ocsp_response(std::string_view der, X509* cert, X509* issuer,
     return rejected("the OCSP response has no status for this certificate");
   }
   OcspVerdict verdict;
+  verdict.authentic = true;
   verdict.this_update = to_time_point(this_update);
   verdict.next_update = to_time_point(next_update);
   verdict.status = status == V_OCSP_CERTSTATUS_GOOD      ? OcspCertStatus::good
@@ -138,12 +139,14 @@ OcspVerdict verify_ocsp_response(std::string_view der, X509* cert, X509* issuer,
     verdict.error = "the OCSP response is past its nextUpdate";
   } else if (verdict.next_update && *verdict.next_update < *verdict.this_update) {
     verdict.error = "the OCSP response's nextUpdate is before its thisUpdate";
-  } else if (verdict.status != OcspCertStatus::good) {
+  } else {
+    verdict.current = true;
+  }
+  if (verdict.current && verdict.status != OcspCertStatus::good) {
     verdict.error =
         fmt::format("the OCSP responder says the certificate is {}", to_string(verdict.status));
-  } else {
-    verdict.usable = true;
   }
+  verdict.usable = verdict.current && verdict.status == OcspCertStatus::good;
   ERR_clear_error();
   return verdict;
 }

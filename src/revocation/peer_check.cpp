@@ -3,7 +3,8 @@
 
 namespace portcullis::revocation {
 
-Verdict check_peer(const Checker& checker, SSL* ssl, X509_STORE* trust) noexcept {
+Verdict check_peer(const Checker& checker, SSL* ssl, X509_STORE* trust,
+                   std::vector<CertPair>* pending) {
   X509* leaf = SSL_get0_peer_certificate(ssl);
   if (!leaf) return Verdict{Status::unknown, "no_certificate"};
   STACK_OF(X509)* chain = SSL_get0_verified_chain(ssl);
@@ -20,11 +21,19 @@ Verdict check_peer(const Checker& checker, SSL* ssl, X509_STORE* trust) noexcept
   }
   const int n = sk_X509_num(chain);
   const int last = checker.check_whole_chain() ? n - 1 : 1;  // the anchor is never checked
+  Verdict deferred{Status::good, ""};
   for (int depth = 0; depth < last && depth + 1 < n; ++depth) {
-    auto verdict = checker.check(sk_X509_value(chain, depth), sk_X509_value(chain, depth + 1));
-    if (verdict.status != Status::good) return verdict;
+    X509* cert = sk_X509_value(chain, depth);
+    X509* issuer = sk_X509_value(chain, depth + 1);
+    auto verdict = pending ? checker.check(cert, issuer) : checker.check_settled(cert, issuer);
+    if (verdict.status == Status::pending) {
+      pending->emplace_back(cert, issuer);
+      deferred = verdict;
+    } else if (verdict.status != Status::good) {
+      return verdict;
+    }
   }
-  return Verdict{Status::good, ""};
+  return deferred;
 }
 
 }  // namespace portcullis::revocation

@@ -103,6 +103,9 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
   switch (verdict.status) {
     case revocation::Status::good:
       return 1;
+    case revocation::Status::pending:
+      // Resolved by the connection after the handshake, before any request is forwarded.
+      return 1;
     case revocation::Status::revoked:
       // The client receives the certificate_revoked alert.
       X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_CERT_REVOKED);

@@ -227,7 +227,9 @@ class PrivateCaWithoutCrl(PolicyCase):
                 ('{ subject: "CN=Private Root+O=x", on_unknown: allow }', "multi-valued"),
                 ('{ sha256: "abc", on_unknown: allow }', "not a SHA-256 fingerprint"),
                 ('{ subject: "XX=Private Root", on_unknown: allow }', "'XX' is not an attribute type"),
-                ('{ subject: "CN=Private Root" }', "on_unknown: required key is missing"),
+                ('{ subject: "CN=Private Root" }', "sets nothing: give on_unknown, mode or ocsp_responder"),
+                ('{ subject: "CN=Private Root", mode: sometimes }', "'sometimes' is not one of"),
+                ('{ subject: "CN=Private Root", ocsp_responder: "ftp://x" }', "is not an http:// URL"),
                 ('{ subject: "CN=x", sha256: "' + "a" * 64 + '", on_unknown: deny }', "exactly one")):
             with self.subTest(rule):
                 path = os.path.join(self.dir, "bad.yaml")

@@ -138,8 +138,10 @@ struct IssuerPolicy {
   std::string subject;  // RFC 4514 text as written
   // (type, value) in the order written; types in OpenSSL's spelling ("CN", "emailAddress").
   std::vector<std::pair<std::string, std::string>> subject_rdns;
-  std::string sha256;  // lowercase hex, no colons
-  OnUnknown on_unknown = OnUnknown::deny;
+  std::string sha256;                      // lowercase hex, no colons
+  OnUnknown on_unknown = OnUnknown::deny;  // the global on_unknown when not written
+  std::optional<RevocationMode> mode;      // overrides Revocation::mode for this CA's certificates
+  std::string ocsp_responder;  // http:// URL asked instead of the certificates' AIA OCSP URI
   // Where the rule is, for errors found once the truststores are loaded.
   std::string file;
   int line = 0;
@@ -160,6 +162,19 @@ struct Revocation {
     std::uint64_t max_size = 512ULL * 1024 * 1024;     // largest CRL body accepted
     std::filesystem::path https_ca;  // CAs for https:// sources; empty = OpenSSL's default store
   } crl;
+  // OCSP checks of client certificates (modes ocsp, ocsp_then_crl, crl_then_ocsp).
+  struct Ocsp {
+    Duration timeout{std::chrono::seconds(5)};  // one query, connect to last byte
+    bool nonce = true;
+    bool get = false;  // GET for requests whose encoding fits in 255 bytes, else POST
+    Duration clock_skew{std::chrono::minutes(5)};
+    Duration min_ttl{std::chrono::minutes(1)};       // shortest time a status is cached
+    Duration max_ttl{std::chrono::hours(24)};        // longest, whatever nextUpdate says
+    Duration failure_ttl{std::chrono::seconds(10)};  // a failed query is retried after this
+    Duration refresh_recent{std::chrono::hours(1)};  // renew statuses seen within; 0 = off
+    std::uint64_t max_entries = 100000;
+    bool check_intermediates = false;  // also ask about CA certificates below the anchor
+  } ocsp;
 };
 
 struct Admin {

@@ -7,12 +7,16 @@
 #include <openssl/x509.h>
 
 #include <cstdint>
-
+#include <functional>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace portcullis::revocation {
 
-enum class Status { good, revoked, unknown };
+// pending: no answer is at hand yet (an OCSP status not cached). The handshake goes on; the
+// connection has it resolved (Checker::resolve) before anything is forwarded.
+enum class Status { good, revoked, unknown, pending };
 
 struct Verdict {
   Status status = Status::good;
@@ -21,11 +25,27 @@ struct Verdict {
   std::string_view reason;
 };
 
+// A certificate and the one that issued it in the verified chain.
+using CertPair = std::pair<X509*, X509*>;
+
 class Checker {
  public:
   virtual ~Checker() = default;
   // `issuer` is the certificate that issued `cert` in the verified chain.
   virtual Verdict check(X509* cert, X509* issuer) const noexcept = 0;
+  // Whether check() may answer pending.
+  virtual bool may_defer() const noexcept { return false; }
+  // The answer once resolve() is done: never pending (what could not be resolved goes to the
+  // fallback or the policy).
+  virtual Verdict check_settled(X509* cert, X509* issuer) const noexcept {
+    return check(cert, issuer);
+  }
+  // Looks up what check() left pending, off the io threads. `done` runs once, on another
+  // thread, when every pair has an answer or has failed; bounded by the query timeout.
+  virtual void resolve(const std::vector<CertPair>& pending, std::function<void()> done) const {
+    (void)pending;
+    done();
+  }
   // Whether CA certificates in the chain are checked too, or only the leaf.
   virtual bool check_whole_chain() const noexcept { return false; }
   // Changes whenever the revocation data changes, so long-lived connections know to re-check.
@@ -36,6 +56,9 @@ class Checker {
 // or, for a resumed session (which carries no verified chain), the chain rebuilt against
 // `trust`. Used after resumption and whenever the revocation data changes under a live
 // connection.
-Verdict check_peer(const Checker& checker, SSL* ssl, X509_STORE* trust) noexcept;
+// With `pending`, certificates check() leaves pending are collected there and the result is
+// pending when nothing was worse; without it, every certificate gets check_settled().
+Verdict check_peer(const Checker& checker, SSL* ssl, X509_STORE* trust,
+                   std::vector<CertPair>* pending = nullptr);
 
 }  // namespace portcullis::revocation

@@ -40,6 +40,8 @@ struct IssuerRule {
   tls::X509NamePtr subject;
   std::vector<KeyHash> keys;
   config::OnUnknown on_unknown = config::OnUnknown::deny;
+  std::optional<config::RevocationMode> mode;
+  std::string ocsp_responder;
   std::string label;  // "subject CN=Private Root" or "sha256 ab12…", for messages
 };
 
@@ -67,6 +69,8 @@ class CrlChecker : public Checker {
   // global setting.
   config::OnUnknown on_unknown_for(X509* issuer) const noexcept;
   config::OnUnknown on_unknown() const noexcept { return on_unknown_; }
+  // The first rule matching `issuer`, or null.
+  const IssuerRule* rule_for(X509* issuer) const noexcept;
   // Whether a CRL published with `next_update` can still be used at `now`.
   bool usable(const std::optional<std::chrono::system_clock::time_point>& next_update,
               std::chrono::system_clock::time_point now) const noexcept;
@@ -91,6 +95,7 @@ class CrlChecker : public Checker {
  private:
   Verdict lookup(const RevocationIndex& index, X509* cert, X509* issuer) const noexcept;
   config::OnUnknown on_unknown_for(X509* issuer, const KeyHash& issuer_key) const noexcept;
+  const IssuerRule* rule_for(X509* issuer, const KeyHash& issuer_key) const noexcept;
 
   // The verify path reads the index through two slots with a reader count each, not through
   // std::atomic<std::shared_ptr> (which libstdc++ implements with a spin lock, and whose

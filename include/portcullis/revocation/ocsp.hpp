@@ -1,6 +1,6 @@
 #pragma once
 // OCSP request building and response verification (RFC 6960) for one certificate and its
-// issuer. Used by the stapler of the gateway's own certificate.
+// issuer. Used by the stapler of the gateway's own certificate and by OcspClient for clients'.
 // Thread-safety: free functions over their arguments; OcspRequest is not shared.
 
 #include "portcullis/tls/openssl.hpp"
@@ -34,7 +34,9 @@ OcspRequest make_ocsp_request(X509* cert, X509* issuer, bool nonce);
 enum class OcspCertStatus { good, revoked, unknown };
 
 struct OcspVerdict {
-  bool usable = false;  // verified, current and good: may be stapled
+  bool authentic = false;  // signed by the issuer or its delegate, for this CertID and nonce
+  bool current = false;    // authentic, and thisUpdate/nextUpdate hold at `now` within the skew
+  bool usable = false;     // current and good: may be stapled
   OcspCertStatus status = OcspCertStatus::unknown;
   std::string error;  // why it is not usable
   std::optional<std::chrono::system_clock::time_point> this_update, next_update;

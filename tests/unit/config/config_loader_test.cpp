@@ -40,3 +40,92 @@ upstreams:
   CHECK(cfg.line_of("nothing") == 0);
   std::filesystem::remove_all(dir);
 }
+
+namespace {
+
+std::filesystem::path config_dir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "portcullis-cfg-XXXXXX").string();
+  REQUIRE(::mkdtemp(pattern.data()));
+  const std::filesystem::path dir = pattern;
+  for (const char* name : {"cert.pem", "key.pem", "trust.pem"}) std::ofstream(dir / name) << "x";
+  return dir;
+}
+
+std::string with_revocation(const std::string& revocation) {
+  return R"(listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls: { certificate: cert.pem, private_key: key.pem }
+    client_auth: { truststore: trust.pem }
+    routes: [ { upstream: app } ]
+upstreams:
+  app: { endpoints: ["127.0.0.1:9000"] }
+revocation:
+)" + revocation;
+}
+
+}  // namespace
+
+TEST_CASE("OCSP settings and per-issuer modes are read", "[config]") {
+  using namespace std::chrono_literals;
+  namespace config = portcullis::config;
+  const auto dir = config_dir();
+  const auto loaded = parse_config(with_revocation(R"(  mode: ocsp_then_crl
+  on_unknown: allow
+  issuers:
+    - { subject: "CN=Partner CA", mode: ocsp, ocsp_responder: "http://127.0.0.1:8888/" }
+    - { subject: "CN=Private Root", on_unknown: deny, mode: none }
+  ocsp:
+    timeout: 2s
+    nonce: false
+    method: get
+    clock_skew: 0s
+    min_ttl: 30s
+    max_ttl: 2h
+    failure_ttl: 3s
+    refresh_recent: 0s
+    max_entries: 500
+    check_intermediates: true
+)"),
+                                   dir / "portcullis.yaml");
+  const auto& r = loaded.config.revocation;
+  CHECK(r.mode == config::RevocationMode::ocsp_then_crl);
+  REQUIRE(r.issuers.size() == 2);
+  CHECK(r.issuers[0].mode == config::RevocationMode::ocsp);
+  CHECK(r.issuers[0].ocsp_responder == "http://127.0.0.1:8888/");
+  CHECK(r.issuers[0].on_unknown == config::OnUnknown::allow);  // the global one when not written
+  CHECK(r.issuers[1].mode == config::RevocationMode::none);
+  CHECK(r.issuers[1].on_unknown == config::OnUnknown::deny);
+  CHECK(r.ocsp.timeout == 2s);
+  CHECK_FALSE(r.ocsp.nonce);
+  CHECK(r.ocsp.get);
+  CHECK(r.ocsp.clock_skew == 0s);
+  CHECK(r.ocsp.min_ttl == 30s);
+  CHECK(r.ocsp.max_ttl == 2h);
+  CHECK(r.ocsp.failure_ttl == 3s);
+  CHECK(r.ocsp.refresh_recent == 0s);
+  CHECK(r.ocsp.max_entries == 500);
+  CHECK(r.ocsp.check_intermediates);
+}
+
+TEST_CASE("bad OCSP settings name file, line and key", "[config]") {
+  const auto dir = config_dir();
+  const std::pair<const char*, const char*> cases[] = {
+      {"  mode: ocsp\n  ocsp: { min_ttl: 2h, max_ttl: 1h }\n",
+       "portcullis.yaml:11: revocation.ocsp.max_ttl: must not be shorter than min_ttl"},
+      {"  mode: ocsp\n  ocsp: { method: put }\n", "revocation.ocsp.method: 'put' is not one of"},
+      {"  mode: ocsp\n  ocsp: { max_entries: 0 }\n", "revocation.ocsp.max_entries: expected an"},
+      {"  mode: ocsp\n  ocsp: { retries: 3 }\n", "revocation.ocsp.retries"},
+      {"  mode: ocsp\n  issuers: [ { subject: \"CN=x\", ocsp_responder: \"https://x/\" } ]\n",
+       "revocation.issuers[0].ocsp_responder: 'https://x/' is not an http:// URL"},
+  };
+  for (const auto& [revocation, message] : cases) {
+    INFO(revocation);
+    try {
+      parse_config(with_revocation(revocation), dir / "portcullis.yaml");
+      FAIL("accepted");
+    } catch (const portcullis::config::ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Matchers::Contains(message));
+    }
+  }
+}
