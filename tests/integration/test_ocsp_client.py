@@ -3,10 +3,12 @@ cache and its renewal, first-sight resolution shared between connections, the mo
 without CRL fallback, responder failures and forged answers, policy for certificates with
 nowhere to ask, metrics, /status and check-cert."""
 
+import http.client
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -280,16 +282,78 @@ class SharingAndRenewalTest(OcspClientCase):
         client = self.client("renewed")
         gw = self.gateway("  mode: ocsp\n  ocsp: { min_ttl: 2s, refresh_recent: 1h }\n")
         asked = self.responder.requests
-        self.assertEqual(self.request(gw, client)[0], 200)
+        context = ssl.create_default_context(cafile=self.ca.cert)
+        context.load_cert_chain(client["chain"], client["key"])
+        kept = http.client.HTTPSConnection("127.0.0.1", gw.port, context=context, timeout=10)
+        self.addCleanup(kept.close)
+        kept.request("GET", "/first")
+        first = kept.getresponse()
+        first.read()
+        self.assertEqual(first.status, 200)
         wait_for(lambda: self.responder.requests >= asked + 3, timeout=20,
                  what="background renewals with no traffic")
+        self.assertEqual(self.request(gw, client)[0], 200)
         before = self.upstream.requests()
         self.ca.revoke(client["cert"])
         wait_for(lambda: queries(gw, "revoked") >= 1, timeout=20, what="the renewal to see the revocation")
         asked = self.responder.requests
         self.assertIsNone(self.request(gw, client)[0], "refused in the handshake from the cache")
+        # The keep-alive connection admitted before is refused at its next request.
+        kept.request("GET", "/second")
+        response = kept.getresponse()
+        self.assertEqual((response.status, json.loads(response.read())),
+                         (403, {"error": "forbidden", "reason": "revoked"}))
         self.assertEqual(self.upstream.requests(), before)
         self.assertLessEqual(self.responder.requests, asked + 1)
+
+
+class IntermediateTest(unittest.TestCase):
+    """root -> intermediate -> client, a responder per CA; the root's is set by an issuer rule
+    (the intermediate's certificate has no AIA)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="portcullis-ocsp-chain-")
+        cls.root_responder, cls.inter_responder = OcspResponder(), OcspResponder()
+        cls.root = OcspCertificateAuthority(cls.dir, "root", "OCSP Chain Root", cls.root_responder.url)
+        cls.inter = OcspCertificateAuthority(cls.dir, "inter", "OCSP Chain Intermediate",
+                                             cls.inter_responder.url, parent=cls.root)
+        cls.root_responder.ca, cls.inter_responder.ca = cls.root, cls.inter
+        cls.server = cls.root.issue("server", "localhost", extensions="server")
+        cls.client = cls.inter.issue("client", "chain-client", extensions="client_ocsp")
+        cls.upstream = EchoUpstream()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.upstream.stop()
+        cls.root_responder.stop()
+        cls.inter_responder.stop()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def status(self, check_intermediates):
+        gw = Gateway(self.server["chain"], self.server["key"], self.root.cert, self.upstream.port,
+                     extra=f"""revocation:
+  mode: ocsp
+  issuers: [ {{ subject: "CN=OCSP Chain Root", ocsp_responder: "{self.root_responder.url}" }} ]
+  ocsp: {{ check_intermediates: {str(check_intermediates).lower()} }}
+""")
+        try:
+            _, status, body, _ = curl(gw.port, self.client["chain"], self.client["key"], self.root.cert)
+            return status, body
+        finally:
+            gw.stop()
+
+    def test_intermediates_are_asked_about_only_when_configured(self):
+        self.assertEqual(self.status(True)[0], 200)
+        self.assertEqual((self.root_responder.requests, self.inter_responder.requests), (1, 1))
+        self.root.revoke(self.inter.cert)
+        before = self.upstream.requests()
+        status, body = self.status(True)
+        self.assertEqual((status, json.loads(body)["reason"]), (403, "revoked"))
+        self.assertEqual(self.upstream.requests(), before)
+        asked = self.root_responder.requests
+        self.assertEqual(self.status(False)[0], 200, "only the leaf is asked about by default")
+        self.assertEqual(self.root_responder.requests, asked)
 
 
 class ExpiryTest(OcspClientCase):
