@@ -184,6 +184,7 @@ class CrlSourceFaults(GatewayCase):
     def test_hanging_source_is_cut_off_at_the_fetch_timeout(self):
         hung = len(self.source.hang_durations)
         _, took = self.survive("hang", "failed", "no complete response within the fetch timeout")
+        print(f"hung CRL fetch counted as failed after {took:.2f} s")
         self.assertGreater(took, 1.5)
         self.assertLess(took, 6)
         # The gateway itself closed the connection it gave up on, at its deadline.
@@ -549,6 +550,7 @@ class ClientFaults(GatewayCase):
                 data = b""
             took = time.monotonic() - started
         self.assertNotIn(b" 200 ", data)
+        print(f"stalled body cut off after {took:.2f} s")
         self.assertGreater(took, 1.5)
         self.assertLess(took, 6)
         # The upstream got a head and part of a body, then its connection closed: no request.
@@ -616,6 +618,8 @@ class DescriptorExhaustion(unittest.TestCase):
             self.assertFalse(served(gw, max_time=2))
             window = time.monotonic() - started
             used = cpu_seconds(pid) - cpu
+            print(f"descriptors: {base} in use, limit {limit}; while exhausted {used:.2f} s of CPU "
+                  f"in {window:.2f} s")
             self.assertGreater(window, 1.9)
             self.assertLess(used, 0.25 * window, f"{used:.2f}s of CPU in {window:.2f}s: a busy loop")
         finally:
