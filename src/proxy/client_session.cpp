@@ -276,7 +276,9 @@ net::awaitable<bool> Session::handshake() {
             "client certificate refused after handshake conn={} peer={} reason={} "
             "resumed={}",
             id_, peer_, verdict.reason, SSL_session_reused(ssl) == 1);
-        refusal_ = verdict.reason.empty() ? std::string_view("revoked") : verdict.reason;
+        refusal_ = verdict.status == revocation::Status::revoked || verdict.reason.empty()
+                       ? std::string_view("revoked")
+                       : verdict.reason;
         co_return true;
       }
     }
@@ -407,7 +409,9 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
     const auto generation = checker->generation();
     const auto verdict = co_await revocation_verdict(*checker);
     if (verdict.status != revocation::Status::good) {
-      ex.reason = verdict.status == revocation::Status::revoked ? "revoked" : "revocation_unknown";
+      ex.reason = verdict.status == revocation::Status::revoked || verdict.reason.empty()
+                      ? "revoked"
+                      : std::string(verdict.reason);
       auto body = json_error("forbidden", ex.reason);
       co_await respond(403, "application/json", std::move(body), false, ex);
       co_return false;

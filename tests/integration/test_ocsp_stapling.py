@@ -77,6 +77,24 @@ class OcspStaplingTest(unittest.TestCase):
         self.assertIn("signature not trusted",
                       gw.status()["listeners"][0]["ocsp_stapling"]["last_error"])
 
+    def test_response_from_a_delegated_responder_is_stapled(self):
+        self.responder.delegate = self.ca.issue("delegate", "OCSP Delegate", extensions="ocsp_signer")
+        self.responder.mode = "delegate"
+        gw = self.start()
+        wait_for(lambda: gw.metric(VALID) == 1, what="a good staple signed by the delegate")
+        out = s_client_status(gw.port, self.client)
+        self.assertIn(STAPLED, out)
+        self.assertIn(GOOD, out)
+
+    def test_response_from_a_certificate_without_ocsp_signing_is_never_stapled(self):
+        self.responder.delegate = self.ca.issue("not-delegate", "Not A Delegate",
+                                                extensions="not_ocsp_signer")
+        self.responder.mode = "delegate"
+        gw = self.start()
+        wait_for(lambda: gw.metric(fetches("rejected")) >= 1, what="a rejected response")
+        self.assertIn(NOTHING, s_client_status(gw.port, self.client))
+        self.assertEqual(gw.metric(VALID), 0)
+
     def test_revoked_server_certificate_is_never_stapled(self):
         self.ca.revoke(self.server["cert"])
         gw = self.start()
