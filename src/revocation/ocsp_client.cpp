@@ -66,8 +66,10 @@ KeyView key_view(X509* cert, X509* issuer) noexcept {
                            static_cast<std::size_t>(ASN1_STRING_length(serial)))};
 }
 
-std::int64_t steady_seconds() noexcept {
-  return std::chrono::duration_cast<std::chrono::seconds>(Steady::now().time_since_epoch()).count();
+// When an entry was last seen: steady milliseconds.
+std::int64_t steady_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now().time_since_epoch())
+      .count();
 }
 
 enum QueryResult { good_, revoked_, unknown_, unreachable_, timeout_, bad_response_, results_ };
@@ -140,7 +142,7 @@ struct OcspClient::Impl {
   SysClock::time_point expiry(const OcspVerdict& verdict, SysClock::time_point now) const;
   net::awaitable<void> renew_loop();
   void renew_and_evict();
-  void evict_over_capacity();  // with cache_mutex held exclusively
+  void evict_over_capacity(const Key& kept);  // with cache_mutex held exclusively
 };
 
 SysClock::time_point OcspClient::Impl::expiry(const OcspVerdict& verdict,
@@ -188,7 +190,7 @@ void OcspClient::Impl::record(const OcspQuery& query, const KeyView& key, QueryR
   }
   if (it == cache.end()) {
     it = cache.try_emplace(Key{std::string(key.issuer_key), std::string(key.serial)}).first;
-    it->second.last_seen.store(steady_seconds(), std::memory_order_relaxed);
+    it->second.last_seen.store(steady_ms(), std::memory_order_relaxed);
   }
   auto& e = it->second;
   const auto previous = e.kind;
@@ -215,25 +217,25 @@ void OcspClient::Impl::record(const OcspQuery& query, const KeyView& key, QueryR
   if (e.kind != previous && e.kind != OcspLookup::Kind::good) {
     generation.fetch_add(1, std::memory_order_acq_rel);
   }
-  if (cache.size() > settings.max_entries) evict_over_capacity();
+  if (cache.size() > settings.max_entries) evict_over_capacity(it->first);
 }
 
-void OcspClient::Impl::evict_over_capacity() {
+void OcspClient::Impl::evict_over_capacity(const Key& kept) {
   // Drops the least recently seen tenth, so eviction runs once per many inserts.
   const std::size_t keep = settings.max_entries - settings.max_entries / 10;
   if (cache.size() <= keep) return;
-  std::vector<std::int64_t> seen;
+  using Item = std::pair<std::int64_t, decltype(cache)::iterator>;
+  std::vector<Item> seen;
   seen.reserve(cache.size());
-  for (const auto& [k, e] : cache) seen.push_back(e.last_seen.load(std::memory_order_relaxed));
-  auto cut = seen.begin() + static_cast<std::ptrdiff_t>(cache.size() - keep);
-  std::nth_element(seen.begin(), cut, seen.end());
-  const auto threshold = *cut;
-  for (auto it = cache.begin(); it != cache.end() && cache.size() > keep;) {
-    if (it->second.last_seen.load(std::memory_order_relaxed) < threshold)
-      it = cache.erase(it);
-    else
-      ++it;
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    // The entry just written is never the one dropped, whatever the clock's resolution.
+    if (&it->first != &kept)
+      seen.emplace_back(it->second.last_seen.load(std::memory_order_relaxed), it);
   }
+  const auto drop = static_cast<std::ptrdiff_t>(cache.size() - keep);
+  std::nth_element(seen.begin(), seen.begin() + drop, seen.end(),
+                   [](const Item& a, const Item& b) { return a.first < b.first; });
+  for (auto it = seen.begin(); it != seen.begin() + drop; ++it) cache.erase(it->second);
 }
 
 net::awaitable<void> OcspClient::Impl::run_query(std::pair<std::string, std::string> key,
@@ -304,9 +306,7 @@ void OcspClient::Impl::renew_and_evict() {
     return;
   }
   const auto at = now();
-  const auto recent =
-      steady_seconds() -
-      std::chrono::duration_cast<std::chrono::seconds>(settings.refresh_recent).count();
+  const auto recent = steady_ms() - settings.refresh_recent.count();  // Duration: milliseconds
   const auto tick = std::chrono::duration_cast<SysClock::duration>(std::clamp<config::Duration>(
       settings.min_ttl / 4, std::chrono::seconds(1), std::chrono::seconds(30)));
   std::vector<OcspQuery> due;
@@ -381,12 +381,11 @@ OcspLookup OcspClient::lookup(X509* cert, X509* issuer) const noexcept {
   std::shared_lock lock(s.cache_mutex);
   const auto it = s.cache.find(key);
   if (it == s.cache.end() || at >= it->second.expires) {
-    if (it != s.cache.end())
-      it->second.last_seen.store(steady_seconds(), std::memory_order_relaxed);
+    if (it != s.cache.end()) it->second.last_seen.store(steady_ms(), std::memory_order_relaxed);
     s.misses.fetch_add(1, std::memory_order_relaxed);
     return {};
   }
-  it->second.last_seen.store(steady_seconds(), std::memory_order_relaxed);
+  it->second.last_seen.store(steady_ms(), std::memory_order_relaxed);
   s.hits.fetch_add(1, std::memory_order_relaxed);
   return {it->second.kind, it->second.reason};
 }

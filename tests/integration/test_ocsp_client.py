@@ -307,6 +307,32 @@ class SharingAndRenewalTest(OcspClientCase):
         self.assertLessEqual(self.responder.requests, asked + 1)
 
 
+class CacheBoundsTest(OcspClientCase):
+    def test_max_ttl_caps_a_long_next_update(self):
+        client = self.client("capped")  # answers say nextUpdate in a day
+        gw = self.gateway("  mode: ocsp\n  ocsp: { min_ttl: 1s, max_ttl: 2s, refresh_recent: 0s }\n")
+        asked = self.responder.requests
+        self.assertEqual(self.request(gw, client)[0], 200)
+        self.assertEqual(self.request(gw, client)[0], 200)
+        self.assertEqual(self.responder.requests, asked + 1)
+        cached_at = time.monotonic()
+        wait_for(lambda: time.monotonic() > cached_at + 2.5, interval=0.2, what="max_ttl to pass")
+        self.assertEqual(self.request(gw, client)[0], 200)
+        self.assertEqual(self.responder.requests, asked + 2, "asked again after max_ttl")
+
+    def test_max_entries_bounds_the_cache(self):
+        gw = self.gateway("  mode: ocsp\n  ocsp: { max_entries: 2 }\n")
+        clients = [self.client(f"bounded{i}") for i in range(4)]
+        for client in clients:
+            self.assertEqual(self.request(gw, client)[0], 200, gw.stderr()[-3000:])
+            self.assertLessEqual(gw.metric("portcullis_ocsp_cache_entries"), 2)
+        asked = self.responder.requests
+        self.assertEqual(self.request(gw, clients[-1])[0], 200)
+        self.assertEqual(self.responder.requests, asked, "the most recent status is kept")
+        self.assertEqual(self.request(gw, clients[0])[0], 200)
+        self.assertEqual(self.responder.requests, asked + 1, "the least recent was dropped")
+
+
 class IntermediateTest(unittest.TestCase):
     """root -> intermediate -> client, a responder per CA; the root's is set by an issuer rule
     (the intermediate's certificate has no AIA)."""
