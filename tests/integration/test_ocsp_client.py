@@ -382,6 +382,39 @@ class IntermediateTest(unittest.TestCase):
         self.assertEqual(self.root_responder.requests, asked)
 
 
+class ResumptionTest(OcspClientCase):
+    def test_a_session_resumed_after_an_ocsp_revocation_is_refused(self):
+        self.responder.validity = []  # statuses live min_ttl, renewed in the background
+        client = self.client("resumed")
+        gw = self.gateway("  mode: ocsp\n  ocsp: { min_ttl: 2s }\n")
+        context = ssl.create_default_context(cafile=self.ca.cert)
+        context.load_cert_chain(client["chain"], client["key"])
+        context.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is known at once
+
+        def one(session=None):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
+                    conn.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                    return data.decode(errors="replace"), conn.session, conn.session_reused
+
+        first, session, _ = one()
+        self.assertIn(" 200 ", first.split("\r\n", 1)[0])
+        again, _, reused = one(session)
+        self.assertTrue(reused)
+        self.assertIn(" 200 ", again.split("\r\n", 1)[0])
+        self.ca.revoke(client["cert"])
+        wait_for(lambda: queries(gw, "revoked") >= 1, timeout=20, what="the renewal to see the revocation")
+        before = self.upstream.requests()
+        refused, _, reused = one(session)
+        self.assertTrue(reused, "the session resumes, and is then refused")
+        self.assertIn(" 403 ", refused.split("\r\n", 1)[0])
+        self.assertIn('"reason":"revoked"', refused)
+        self.assertEqual(self.upstream.requests(), before)
+
+
 class ExpiryTest(OcspClientCase):
     """nextUpdate one minute ahead (the finest `openssl ocsp` offers): this class waits for it."""
 
