@@ -67,7 +67,17 @@ class FaultServer:
     def _listen(self):
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        # Listening again after "refuse": another socket may hold the port for a moment (the
+        # local end of a connection elsewhere on the machine).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                self.stopped.wait(0.05)
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self.listener = listener
@@ -198,7 +208,7 @@ class FaultServer:
                 f"Content-Length: {len(body)}\r\n"
                 f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode()
         if mode == "trickle":
-            for i, byte in enumerate(head + body):
+            for byte in head + body:
                 if not self._send(conn, bytes([byte])):
                     self.count("peer_closed")
                     return False
@@ -250,7 +260,3 @@ def cpu_seconds(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     # Fields 14 and 15 of proc(5) (utime, stime); the split starts at field 3.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def alive(proc):
-    return proc.poll() is None

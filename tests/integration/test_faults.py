@@ -5,6 +5,7 @@ descriptors. Every case states what the gateway must do and checks it, then chec
 gateway is alive, still serves, and holds no more file descriptors than before."""
 
 import concurrent.futures
+import os
 import resource
 import shutil
 import socket
@@ -395,7 +396,8 @@ class UpstreamFaults(GatewayCase):
                 status, _, body = conn.request(get(f"/reuse/{i}"))
                 self.assertEqual(status, 200)
                 self.assertEqual(body, b"ok\n")
-        self.assertEqual(self.reuse.answered, answered + 5)
+        # The server counts an answer once it is sent: the client may have read it just before.
+        wait_for(lambda: self.reuse.answered == answered + 5, what="five answers counted")
         self.assertEqual(self.reuse.connections, connections + 5)
         self.assert_survived(self.gateway, fds, pooled=1)
 
@@ -607,7 +609,10 @@ class DescriptorExhaustion(unittest.TestCase):
             for _ in range(30):
                 flood.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10))
             wait_for(lambda: "Too many open files" in gw.stderr(), what="accept failing with EMFILE")
-            self.assertEqual(fd_count(pid), limit)
+            # Every descriptor number below the limit is taken (the limit bounds numbers, and a
+            # descriptor opened before it was lowered may lie above it).
+            in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+            self.assertLessEqual(set(range(limit)), in_use)
             # An admin request made while exhausted waits in its backlog.
             admin = socket.create_connection(("127.0.0.1", gw.admin_port), timeout=10)
             flood.append(admin)
