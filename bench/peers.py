@@ -391,11 +391,12 @@ class Haproxy(MasterWorkers):
             ("X-Client-Cert-Fingerprint-SHA256", "ssl_c_der,sha2(256),hex"),
             ("X-Client-Cert-Not-Before", "ssl_c_notbefore"),
             ("X-Client-Cert-Not-After", "ssl_c_notafter")))
-        # HAProxy reserves two descriptors per connection and refuses to start without them.
-        maxconn = min(30000, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1000) // 2)
+        # HAProxy sizes its descriptors for two a connection and by default refuses to start
+        # when the limit is lower; idle connections have no server side, so it need not.
         cfg = self.write("haproxy.cfg", f"""global
   nbthread {self.workers}
-  maxconn {maxconn}
+  maxconn 30000
+  no strict-limits
   log stderr format raw local0 warning
 defaults
   mode http
@@ -482,7 +483,7 @@ def idle_connections(port, pki, count, pids):
             async with sem:
                 try:
                     _, w = await asyncio.wait_for(asyncio.open_connection(
-                        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 30)
+                        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 10)
                     writers.append(w)
                 except (OSError, ssl.SSLError, asyncio.TimeoutError):
                     pass
@@ -622,12 +623,13 @@ def run_gateway(name, a, bins, pki, work, upstream_port, bench, direct_port):
 
 
 def profile(a, bins, pki, work, upstream_port):
-    """perf record -g of portcullis under full handshakes; the report goes to --out."""
+    """perf record -g of portcullis under --profile-mode load; the report goes to --out."""
     gw = Portcullis(bins, pki, work, upstream_port, a.workers, "ec", "int-0")
     try:
         gw.start()
         out = os.path.join(work, "bench-profile.json")
-        load = subprocess.Popen([bins["portcullis-bench"], "--mode", "full", "--port", str(gw.port),
+        load = subprocess.Popen([bins["portcullis-bench"], "--mode", a.profile_mode,
+                                 "--port", str(gw.port),
                                  "--sni", "localhost", "--cert", pki.p("client-chain.pem"),
                                  "--key", pki.p("client.key"), "--connections",
                                  str(a.connections), "--duration", str(a.profile + 4),
@@ -639,13 +641,14 @@ def profile(a, bins, pki, work, upstream_port):
         run("perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(gw.proc.pid),
             "-o", data, "--", "sleep", str(a.profile))
         load.wait(a.profile + 60)
-        for name, extra in (("self", ["--no-children", "--sort", "dso,symbol"]),
+        for name, extra in (("self", ["--no-children", "--sort", "dso,symbol", "-g", "none"]),
                             ("children", ["--children", "--sort", "symbol", "-g", "none"])):
             text = run("perf", "report", "-i", data, "--stdio", "--percent-limit", "0.5",
                        *extra).stdout
-            with open(os.path.join(a.out, f"profile-{name}.txt"), "w") as f:
+            text = "\n".join(" ".join(line.split()) for line in text.splitlines()) + "\n"
+            with open(os.path.join(a.out, f"profile-{a.profile_mode}-{name}.txt"), "w") as f:
                 f.write(text)
-        log(f"profile written to {a.out}/profile-self.txt and profile-children.txt")
+        log(f"profile written to {a.out}/profile-{a.profile_mode}-{{self,children}}.txt")
     finally:
         gw.stop()
 
@@ -715,7 +718,9 @@ def markdown(r):
              f"{r['openssl']}; {r['options']['workers']} worker(s) / io thread(s) per gateway, "
              f"{r['options']['duration']} s per scenario, portcullis-bench with "
              f"{r['options']['client_threads']} thread(s) and {r['options']['connections']} "
-             f"connections; load average {r['loadavg_start']} → {r['loadavg_end']}.", "",
+             f"connections; load average {r['loadavg_start']} → {r['loadavg_end']}; "
+             f"{r['versions']['nginx']}; {r['versions']['haproxy']}; portcullis at "
+             f"{r['commit']}.", ""] + ([r["note"], ""] if r.get("note") else []) + [
              "Each cell: wall-clock rate, then server CPU per operation (user + sys of the "
              "gateway's processes over the run / operations) and the per-core rate it implies "
              "(10⁶ / CPU µs). The load generator and the upstream share the same cores, so the "
@@ -777,7 +782,8 @@ def chart_data(r, path):
     g = r["gateways"]
     keys = [("full ECDSA", "full_ec"), ("full RSA", "full_rsa"), ("resumed", "resumed"),
             ("keep-alive req", "keepalive")] + [
-        (f"CRL {s // 1000}k" if s else "CRL 0", f"crl_{s}") for s in r["options"]["crl_sizes"]]
+        (f"CRL {s // 1000000}M" if s >= 1000000 else f"CRL {s // 1000}k" if s else "CRL 0",
+         f"crl_{s}") for s in r["options"]["crl_sizes"]]
     with open(path, "w") as f:
         f.write("scenario " + " ".join(n for n in GATEWAYS if n in g) + "\n")
         for title, key in keys:
@@ -804,7 +810,10 @@ def main():
     ap.add_argument("--crl-sizes", help="CRL entries, comma-separated (default 0,100000,1000000)")
     ap.add_argument("--speed-seconds", type=int, help="openssl speed per primitive (default 2)")
     ap.add_argument("--profile", type=int, default=0, metavar="SECONDS",
-                    help="only profile portcullis (perf record -g) under full handshakes")
+                    help="only profile portcullis (perf record -g) for this long")
+    ap.add_argument("--profile-mode", default="full", choices=("full", "resume", "keepalive"),
+                    help="the load while profiling (default full handshakes)")
+    ap.add_argument("--note", help="a line about this run for results.md (e.g. what was built)")
     ap.add_argument("--quick", action="store_true",
                     help="2 s per scenario, 1000 idle connections, CRLs of 0 and 100k")
     a = ap.parse_args()
@@ -841,7 +850,7 @@ def main():
                            "connections": a.connections, "client_threads": a.client_threads,
                            "idle": a.idle, "crl_sizes": a.crl_sizes},
                "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-               "gateways": {}}
+               "note": a.note, "gateways": {}}
     procs = []
     t0 = time.monotonic()
     try:
