@@ -56,6 +56,23 @@ std::string asn1_string(const ASN1_STRING* s) {
                                       static_cast<std::size_t>(ASN1_STRING_length(s))));
 }
 
+// A SAN value may itself hold ", DNS:x": ',' and '\' are escaped as \2C and \5C, so that in
+// the joined list ", " only ever separates entries.
+std::string list_safe(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == ',') {
+      out += "\\2C";
+    } else if (c == '\\') {
+      out += "\\5C";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string header_safe(std::string_view text) {
@@ -94,7 +111,9 @@ PeerIdentity identity_from_certificate(X509* leaf, const STACK_OF(X509) * chain_
     char* hex = BN_bn2hex(bn.get());
     id.serial_hex = hex;
     OPENSSL_free(hex);
-    if (id.serial_hex.size() % 2) id.serial_hex.insert(0, "0");
+    // Whole octets, as openssl prints them: "0" becomes "00"; a negative (non-conforming)
+    // serial is already "-" followed by whole octets.
+    if (id.serial_hex.size() % 2 && id.serial_hex.front() != '-') id.serial_hex.insert(0, "0");
   }
 
   id.leaf_der = der_of(leaf);
@@ -144,7 +163,7 @@ PeerIdentity identity_from_certificate(X509* leaf, const STACK_OF(X509) * chain_
                          : san.type == SanEntry::Type::email ? "email:"
                                                              : "IP:";
     if (!id.san.empty()) id.san += ", ";
-    id.san += prefix + san.value;
+    id.san += prefix + list_safe(san.value);
   }
 
   if (chain_above_leaf) {

@@ -30,7 +30,9 @@ struct PeerIdentity {
   std::string spki_sha256;            // lowercase hex over the DER SubjectPublicKeyInfo
   std::string not_before, not_after;  // RFC 3339 UTC, "2026-11-22T10:00:00Z"
   std::vector<SanEntry> sans;
-  std::string san;  // "DNS:a.example, URI:spiffe://td/x, email:a@b, IP:10.0.0.1"
+  // "DNS:a.example, URI:spiffe://td/x, email:a@b, IP:10.0.0.1"; ',' and '\' inside a value
+  // are escaped as \2C and \5C.
+  std::string san;
   std::string leaf_der;
   std::vector<std::string> chain_der;  // the verified chain above the leaf, raw DER
 };
