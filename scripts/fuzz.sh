@@ -17,9 +17,12 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus" "$findings"
   cp -n "tests/fuzz/corpus/${target%_fuzz}/"* "$corpus/" 2>/dev/null || true
   echo "fuzzing $target for ${seconds}s"
-  "build-fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$findings/" \
-    "$corpus" 2>&1 | grep -E "^(#[0-9]+ +(DONE|INITED)|stat::|==[0-9]+==ERROR|SUMMARY)" || true
-  if ls "$findings"/crash-* "$findings"/leak-* "$findings"/timeout-* >/dev/null 2>&1; then
+  # An input taking over 10 s, or 2 GiB, is a finding too.
+  "build-fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" 2>&1 |
+    grep -E "^(#[0-9]+[[:space:]]+(DONE|INITED)|stat::|==[0-9]+==ERROR|SUMMARY)" || true
+  if ls "$findings"/crash-* "$findings"/leak-* "$findings"/timeout-* "$findings"/oom-* \
+    >/dev/null 2>&1; then
     echo "$target: findings in $findings" >&2
     exit 1
   fi
