@@ -173,7 +173,12 @@ class Session {
   // resolved after it): the first request is answered 403 with this reason, and nothing more.
   std::string_view refusal_;
   beast::flat_buffer buffer_;
-  std::vector<char> chunk_ = std::vector<char>(relay_chunk_size);
+  // Allocated at the first body or response relayed: an idle connection does not hold it.
+  std::vector<char> chunk_;
+  std::vector<char>& chunk() {
+    if (chunk_.empty()) chunk_.resize(relay_chunk_size);
+    return chunk_;
+  }
   std::optional<std::size_t> preread_;  // body bytes already in chunk_, not yet forwarded
 };
 
@@ -231,7 +236,7 @@ net::awaitable<boost::system::error_code> Session::read_first_body_piece(
     }
   }
   auto& body = parser.get().body();
-  body.data = chunk_.data();
+  body.data = chunk().data();
   body.size = chunk_.size();
   beast::get_lowest_layer(stream_).expires_after(cfg_.idle_timeout);
   auto [ec, n] =
@@ -559,7 +564,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
 
     auto sent =
         co_await relay_message(stream_, buffer_, parser, lease->stream, true, cfg_.idle_timeout,
-                               upstream.response_timeout, chunk_, preread_);
+                               upstream.response_timeout, chunk(), preread_);
     ex.bytes_in = sent.body_bytes;
     if (sent.read_error) {
       // The client sent a broken body or went away: nothing sensible can follow on this
@@ -655,7 +660,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     ex.status = status;
     auto switched =
         co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, false,
-                               upstream.response_timeout, cfg_.idle_timeout, chunk_);
+                               upstream.response_timeout, cfg_.idle_timeout, chunk());
     if (!switched) {
       ex.reason = "client_gone";
       co_return false;
@@ -686,7 +691,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
 
   auto received =
       co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, !bodyless,
-                             upstream.response_timeout, cfg_.idle_timeout, chunk_);
+                             upstream.response_timeout, cfg_.idle_timeout, chunk());
   ex.bytes_out = received.body_bytes;
   if (received.read_error) {
     // The response is already under way: the only honest signal left is to cut the connection.
