@@ -6,6 +6,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -260,3 +261,10 @@ def cpu_seconds(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     # Fields 14 and 15 of proc(5) (utime, stime); the split starts at field 3.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sanitized(binary):
+    """True when `binary` is built with AddressSanitizer or ThreadSanitizer (their runtime
+    libraries are linked in)."""
+    libraries = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    return "libasan" in libraries or "libtsan" in libraries

@@ -34,7 +34,6 @@ import random
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +45,7 @@ import ssl  # noqa: E402
 
 from core_fixtures import TlsConnection, client_context, get, memory_kib  # noqa: E402
 from crl_fixtures import CertificateAuthority, CrlServer  # noqa: E402
-from fault_fixtures import cpu_seconds, fd_count  # noqa: E402
+from fault_fixtures import cpu_seconds, fd_count, sanitized  # noqa: E402
 import gateway_fixture  # noqa: E402
 
 WEIGHTS = {"good": 40, "revoked": 15, "foreign": 10, "no_cert": 5, "malformed": 20, "plaintext": 10}
@@ -118,8 +117,7 @@ class Soak:
     fetch_timeout: 5s
 """)
         self.pid = self.gateway.proc.pid
-        libraries = subprocess.run(["ldd", gateway_fixture.BIN], capture_output=True, text=True)
-        self.sanitized = any(lib in libraries.stdout for lib in ("libasan", "libtsan"))
+        self.sanitized = sanitized(gateway_fixture.BIN)
         self.contexts = {}
         self.revoked = [self.pki.first_revoked]  # revocations the gateway has loaded
         self.revoked_lock = threading.Lock()
