@@ -28,6 +28,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -106,6 +107,14 @@ std::vector<std::string> distribution_points(X509* cert) {
 
 }  // namespace
 
+// The refresher's coroutines hold the Impl that owns this io_context: once the thread has
+// stopped, shutdown() destroys them while they are still suspended, so that the Impl is not kept
+// alive by its own frames.
+struct RefresherIo : net::io_context {
+  using net::execution_context::shutdown;
+  using net::io_context::io_context;
+};
+
 struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
   // What the refresher knows of a source beyond its public status.
   struct Source {
@@ -126,8 +135,9 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
   std::map<std::string, std::string> last_modified;
   std::size_t discovered = 0;
 
-  net::io_context io{1};
+  RefresherIo io{1};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
+  std::atomic<bool> stopping{false};  // set by stop() on another thread than the coroutines'
   std::thread thread;
   bool started = false;
   std::vector<std::unique_ptr<net::steady_timer>> timers;
@@ -383,7 +393,7 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
       auto& timer = *timers[index];
       timer.expires_after(next_delay(index, ok, failures));
       co_await timer.async_wait(net::as_tuple(net::use_awaitable));  // cancelled: refresh now
-      if (!guard) co_return;                                         // stopping
+      if (stopping) co_return;
     }
   }
 
@@ -395,7 +405,7 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
     for (;;) {
       timer.expires_after(std::chrono::milliseconds(200));
       co_await timer.async_wait(net::as_tuple(net::use_awaitable));
-      if (!guard) co_return;
+      if (stopping) co_return;
       if (!discovery->pending()) continue;
       for (auto& [cert, issuer] : discovery->take()) discover(cert.get(), issuer.get());
     }
@@ -488,9 +498,11 @@ void CrlRefresher::start() {
 void CrlRefresher::stop() {
   auto& s = *impl_;
   if (!s.thread.joinable()) return;
+  s.stopping = true;
   s.guard.reset();
   s.io.stop();
   s.thread.join();
+  s.io.shutdown();
 }
 
 void CrlRefresher::refresh_now() {
