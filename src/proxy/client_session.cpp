@@ -497,7 +497,10 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   auto& metrics = p_.services->metrics;
   auto& req = parser.get();
   const auto& upstream = p_.snapshot->config->upstreams.at(route.upstream);
-  const bool has_body = !parser.is_done();
+  const bool has_body = !parser.is_done();  // body bytes still to be read from the client
+  // Whether the request has a body at all, read already or not: such a request is never sent
+  // twice.
+  const bool carries_body = parser.chunked() || parser.content_length().value_or(0) > 0;
   const bool client_keep_alive = req.keep_alive();
   const bool is_head = req.method() == http::verb::head;
   const auto client_version = req.version();
@@ -523,15 +526,15 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   beast::flat_buffer upstream_buffer;
   bool request_sent = false;
 
-  // A second attempt is made only when no response byte has arrived: after a pooled connection
-  // the upstream closed just as it was reused (a request without a body is then safe to send
-  // again), and, once, on another endpoint for an idempotent request without a body.
-  const bool retry_safe =
-      upstream.retry && !has_body && is_retry_safe(req.method()) && upstream.endpoints.size() > 1;
+  // A second attempt is made only when no response byte has arrived, and only for an idempotent
+  // request without a body: after a pooled connection the upstream closed just as it was
+  // reused, and, once, on another endpoint.
+  const bool retry_safe = upstream.retry && !carries_body && is_retry_safe(req.method()) &&
+                          upstream.endpoints.size() > 1;
   bool retried_elsewhere = false;
   std::string avoid;
   const auto may_retry = [&] {
-    if (lease->reused && !has_body) return true;
+    if (lease->reused && !carries_body && is_retry_safe(req.method())) return true;
     if (!retry_safe || retried_elsewhere) return false;
     retried_elsewhere = true;
     avoid = lease->endpoint;

@@ -401,10 +401,6 @@ class UpstreamFaults(GatewayCase):
         self.assertEqual(self.reuse.connections, connections + 5)
         self.assert_survived(self.gateway, fds, pooled=1)
 
-    # The gateway sends this POST again: client_session.cpp takes a body that arrived whole
-    # with its header for no body (`has_body = !parser.is_done()`), so the retry meant for
-    # requests without a body applies to it, unlike what docs/configuration.md says.
-    @unittest.expectedFailure
     def test_post_on_a_keep_alive_connection_closed_at_reuse_is_a_502_not_sent_twice(self):
         """A POST with a body must not be sent a second time: the upstream may have acted on it
         before closing. The client gets a clean 502 and its connection is closed."""
