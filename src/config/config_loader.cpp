@@ -9,6 +9,7 @@
 #include <charconv>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -194,9 +195,16 @@ class Loader {
       error(node, path, "expected a map of keys");
       return false;
     }
+    std::map<std::string, int> seen;
     for (const auto& entry : node) {
       const auto key = entry.first.as<std::string>("");
       const auto where = path.empty() ? key : path + "." + key;
+      // YAML parsers keep one of two equal keys, silently: a duplicate is an error.
+      if (const auto [first, fresh] = seen.emplace(key, line_of(entry.first)); !fresh) {
+        error(entry.first, where,
+              fmt::format("duplicate key '{}' (first written on line {})", key, first->second));
+        continue;
+      }
       key_lines[where] = line_of(entry.first);
       if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
       std::string suggestion;

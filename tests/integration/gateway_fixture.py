@@ -96,11 +96,13 @@ class Gateway:
         if upstreams is None:
             upstreams = f"""  app: {{ endpoints: ["127.0.0.1:{upstream_port}"], connect_timeout: 2s, response_timeout: 5s }}
 """
+        # A key written twice is a configuration error: tls_extra may set its own timeout.
+        handshake_timeout = "" if "handshake_timeout" in tls_extra else ", handshake_timeout: 5s"
         with open(self.config, "w") as f:
             f.write(f"""listeners:
   - name: public
     address: 127.0.0.1:{self.port}
-    tls: {{ certificate: {server_chain}, private_key: {server_key}, handshake_timeout: 5s{tls_extra} }}
+    tls: {{ certificate: {server_chain}, private_key: {server_key}{handshake_timeout}{tls_extra} }}
     client_auth: {{ truststore: {truststore}, max_chain_depth: 4 }}
 {listener_extra}    routes:
 {routes}upstreams:

@@ -78,8 +78,7 @@ def served(gateway, client=None, max_time=10):
 
 def reconfigure(gateway, old, new):
     """Replaces `old` by `new` in the running gateway's configuration and reloads it: new
-    connections get the new settings. (The fixture writes `handshake_timeout: 5s` in a flow map,
-    where a second `handshake_timeout` given as `tls_extra` is not the one that takes effect.)"""
+    connections get the new settings."""
     with open(gateway.config) as f:
         text = f.read()
     assert old in text, old

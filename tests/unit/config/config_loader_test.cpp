@@ -129,3 +129,17 @@ TEST_CASE("bad OCSP settings name file, line and key", "[config]") {
     }
   }
 }
+
+TEST_CASE("a key written twice is an error, not a silent choice", "[config]") {
+  const auto dir = config_dir();
+  try {
+    parse_config(with_revocation("  mode: crl\n  on_unknown: allow\n  mode: none\n"),
+                 dir / "portcullis.yaml");
+    FAIL("accepted");
+  } catch (const portcullis::config::ConfigError& e) {
+    CHECK_THAT(e.what(),
+               Catch::Matchers::Contains(
+                   "portcullis.yaml:12: revocation.mode: duplicate key 'mode' (first written on "
+                   "line 10)"));
+  }
+}
