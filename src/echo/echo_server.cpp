@@ -279,7 +279,12 @@ net::awaitable<void> accept_loop(std::shared_ptr<EchoServer::State> state) {
   for (;;) {
     auto [ec, socket] = co_await state->acceptor.async_accept(net::as_tuple(net::use_awaitable));
     if (ec == net::error::operation_aborted || !state->acceptor.is_open()) co_return;
-    if (ec) continue;
+    if (ec) {
+      // Out of descriptors and similar: pause rather than spin until they are back.
+      net::steady_timer pause(state->acceptor.get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(net::as_tuple(net::use_awaitable));
+      continue;
+    }
     socket.set_option(tcp::no_delay(true), ec);
     net::co_spawn(state->acceptor.get_executor(), serve_connection(state, std::move(socket)),
                   net::detached);
