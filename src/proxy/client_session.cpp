@@ -564,6 +564,9 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
       co_return client_keep_alive && !has_body;
     }
     ex.endpoint = lease->endpoint;
+    // HTTP/1.0 allows a request without Host; it goes upstream as HTTP/1.1, which does not.
+    if (req[http::field::host].empty())
+      req.set(http::field::host, sni_.empty() ? ex.endpoint : sni_);
 
     auto sent =
         co_await relay_message(stream_, buffer_, parser, lease->stream, true, cfg_.idle_timeout,

@@ -189,6 +189,19 @@ class Smuggling(unittest.TestCase):
                     self.assertEqual(status, 400)
                     self.assertEqual(json.loads(conn.read_body(headers))["reason"], reason)
 
+    def test_http10_without_host_reaches_the_upstream_with_one(self):
+        """HTTP/1.0 needs no Host; the HTTP/1.1 request sent upstream does: it names the SNI."""
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=10) as raw:
+            with self.context.wrap_socket(raw, server_hostname="localhost") as conn:
+                conn.sendall(b"GET /ten HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        hosts = [v for n, v in json.loads(body)["headers"] if n.lower() == "host"]
+        self.assertEqual(hosts, ["localhost"])
+
     def test_header_section_over_the_limit_is_431(self):
         before = self.upstream_counters()
         self.assertEqual(self.refused(G + b"X-Big: " + b"a" * 5000 + b"\r\n\r\n"), 431)
