@@ -264,14 +264,13 @@ net::awaitable<bool> Session::handshake() {
                  cfg_.name, peer_, admin::to_string(result), ec.message());
     co_return false;
   }
-  // A resumed session skipped certificate verification, and a status the verify path left
-  // pending (first sight of a certificate checked with OCSP) is looked up now: either way the
-  // chain's verdict is known before anything is forwarded. A full handshake with nothing
-  // pending was decided in the verify callback and is not checked again.
+  // A resumed session skipped certificate verification, and a status the verify path did not
+  // have (first sight of a certificate checked with OCSP) is looked up now: either way the
+  // chain's verdict is known before anything is forwarded.
   if (const auto& checker = p_.snapshot->revocation) {
     // Read before checking: data that changes meanwhile means another check at the next request.
     const auto generation = checker->generation();
-    if (SSL_session_reused(ssl) || tls::revocation_pending(ssl)) {
+    if (SSL_session_reused(ssl) || checker->may_defer()) {
       const auto verdict = co_await revocation_verdict(*checker);
       if (verdict.status != revocation::Status::good) {
         const auto result = verdict.status == revocation::Status::revoked

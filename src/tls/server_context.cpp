@@ -40,12 +40,6 @@ int ssl_reason_index() {
   return index;
 }
 
-// Set when the revocation hook left a certificate of the chain pending.
-int ssl_pending_index() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
-  return index;
-}
-
 const char* reason_for(int x509_error) {
   switch (x509_error) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -111,7 +105,6 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
       return 1;
     case revocation::Status::pending:
       // Resolved by the connection after the handshake, before any request is forwarded.
-      SSL_set_ex_data(ssl, ssl_pending_index(), ssl);
       return 1;
     case revocation::Status::revoked:
       // The client receives the certificate_revoked alert.
@@ -266,10 +259,6 @@ void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source) {
   if (SSL_CTX_set_tlsext_status_cb(ctx, staple_status) != 1) {
     throw_openssl_error("cannot install the OCSP stapling callback");
   }
-}
-
-bool revocation_pending(const SSL* ssl) {
-  return ssl && SSL_get_ex_data(ssl, ssl_pending_index()) != nullptr;
 }
 
 std::string_view verify_failure_reason(const SSL* ssl) {

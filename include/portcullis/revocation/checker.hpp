@@ -33,6 +33,8 @@ class Checker {
   virtual ~Checker() = default;
   // `issuer` is the certificate that issued `cert` in the verified chain.
   virtual Verdict check(X509* cert, X509* issuer) const noexcept = 0;
+  // Whether check() may answer pending.
+  virtual bool may_defer() const noexcept { return false; }
   // The answer once resolve() is done: never pending (what could not be resolved goes to the
   // fallback or the policy).
   virtual Verdict check_settled(X509* cert, X509* issuer) const noexcept {

@@ -34,6 +34,7 @@ class RevocationChecker : public Checker {
   Verdict check_settled(X509* cert, X509* issuer) const noexcept override {
     return decide(cert, issuer, true);
   }
+  bool may_defer() const noexcept override { return true; }
   bool check_whole_chain() const noexcept override { return true; }
   std::uint64_t generation() const noexcept override {
     return crl_->generation() + ocsp_->generation();

@@ -46,7 +46,5 @@ void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source);
 // "not_yet_valid", "bad_purpose", "chain_too_long", "revoked", "revocation_unknown",
 // "bad_certificate"; empty when it did not fail.
 std::string_view verify_failure_reason(const SSL* ssl);
-// Whether the handshake's revocation check left a certificate pending (Checker::resolve).
-bool revocation_pending(const SSL* ssl);
 
 }  // namespace portcullis::tls
