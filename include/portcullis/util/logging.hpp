@@ -17,7 +17,7 @@ namespace portcullis::util {
 // Throws std::invalid_argument for other names.
 void setup_logging(std::string_view level);
 
-// "stdout", "stderr", "off" or a file path (appended to).
+// "stdout", "stderr", "off" or a file path (appended to). "off" gives no logger (nullptr).
 std::shared_ptr<spdlog::logger> make_access_log(const std::string& target);
 
 }  // namespace portcullis::util
