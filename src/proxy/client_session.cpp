@@ -42,6 +42,7 @@ using ClientStream = beast::ssl_stream<beast::tcp_stream>;
 namespace {
 
 constexpr std::size_t relay_chunk_size = 64 * 1024;
+constexpr std::size_t upstream_read_size = 16 * 1024;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -524,6 +525,9 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     if (is_head) response_parser->skip(true);
   };
   beast::flat_buffer upstream_buffer;
+  // Room for a typical response header and body in one read: Beast reads into whatever the
+  // buffer has spare, at least 512 bytes, so an empty buffer cost three reads per small response.
+  upstream_buffer.reserve(upstream_read_size);
   bool request_sent = false;
 
   // A second attempt is made only when no response byte has arrived, and only for an idempotent

@@ -31,6 +31,7 @@ struct RelayResult {
 
 // Writes the (already transformed) header, then the body if `with_body`. `preread` is the
 // number of body bytes already read into `chunk` (the first piece, read before forwarding).
+// The first piece of the body, when it is at hand, goes out in the same write as the header.
 template <class In, class Out, bool isRequest>
 boost::asio::awaitable<RelayResult> relay_message(
     In& in, boost::beast::flat_buffer& in_buffer,
@@ -43,17 +44,42 @@ boost::asio::awaitable<RelayResult> relay_message(
 
   RelayResult result;
   http::serializer<isRequest, http::buffer_body> serializer{parser.get()};
-  boost::beast::get_lowest_layer(out).expires_after(write_timeout);
-  auto [header_ec, header_n] =
-      co_await http::async_write_header(out, serializer, as_tuple(use_awaitable));
-  if (header_ec) {
-    result.write_error = header_ec;
-    co_return result;
-  }
-  result.header_written = true;
-  if (!with_body) co_return result;
-
   auto& body = parser.get().body();
+  if (with_body && !preread && !parser.is_done() && in_buffer.size() != 0) {
+    // Body bytes that arrived with the header go out with it: one write, one TLS record, one
+    // send, instead of one for the header and one for the body.
+    body.data = chunk.data();
+    body.size = chunk.size();
+    boost::system::error_code ec;
+    while (in_buffer.size() != 0 && body.size != 0 && !parser.is_done()) {
+      const auto used = parser.put(in_buffer.data(), ec);
+      in_buffer.consume(used);
+      if (ec == http::error::need_buffer || ec == http::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec || used == 0) break;
+    }
+    if (ec) {
+      result.read_error = ec;
+      co_return result;
+    }
+    preread = chunk.size() - body.size;
+  }
+  if (!with_body || (!preread && !parser.is_done())) {
+    // Nothing of the body is here yet: the header goes first, so that the other side sees it
+    // before a slow body.
+    boost::beast::get_lowest_layer(out).expires_after(write_timeout);
+    auto [header_ec, header_n] =
+        co_await http::async_write_header(out, serializer, as_tuple(use_awaitable));
+    if (header_ec) {
+      result.write_error = header_ec;
+      co_return result;
+    }
+    result.header_written = true;
+    if (!with_body) co_return result;
+  }
+
   do {
     if (preread) {
       body.data = *preread ? chunk.data() : nullptr;
@@ -87,6 +113,7 @@ boost::asio::awaitable<RelayResult> relay_message(
       result.write_error = write_ec;
       co_return result;
     }
+    result.header_written = true;
   } while (!parser.is_done() || !serializer.is_done());
   co_return result;
 }
