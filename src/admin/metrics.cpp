@@ -119,6 +119,10 @@ void Metrics::handshake(HandshakeResult result, double seconds) noexcept {
   if (result == HandshakeResult::ok) handshake_seconds_.observe(seconds);
 }
 
+void Metrics::resumed_handshake(bool by_stamp) noexcept {
+  (by_stamp ? resumed_by_stamp_ : resumed_checked_).fetch_add(1, relaxed);
+}
+
 void Metrics::request(int status, double seconds) noexcept {
   const int cls = status / 100;
   if (cls >= 1 && cls <= 5) requests_by_class_[cls].fetch_add(1, relaxed);
@@ -192,6 +196,13 @@ std::string Metrics::render() const {
     out += fmt::format("portcullis_handshakes_total{{result=\"{}\"}} {}\n",
                        to_string(static_cast<HandshakeResult>(i)), handshakes_[i].load(relaxed));
   }
+  render_counter_header(out, "portcullis_resumed_handshakes_total",
+                        "Resumed sessions admitted, by how revocation was settled: the ticket's "
+                        "stamp held, or the chain was checked again.");
+  out += fmt::format("portcullis_resumed_handshakes_total{{revocation=\"stamp\"}} {}\n",
+                     resumed_by_stamp_.load(relaxed));
+  out += fmt::format("portcullis_resumed_handshakes_total{{revocation=\"checked\"}} {}\n",
+                     resumed_checked_.load(relaxed));
   out +=
       "# HELP portcullis_handshake_duration_seconds Successful handshake durations.\n"
       "# TYPE portcullis_handshake_duration_seconds histogram\n";

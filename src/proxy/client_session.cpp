@@ -270,8 +270,11 @@ net::awaitable<bool> Session::handshake() {
   // chain's verdict is known before anything is forwarded.
   if (const auto& checker = p_.snapshot->revocation) {
     // Read before checking: data that changes meanwhile means another check at the next request.
-    const auto generation = checker->generation();
-    if (SSL_session_reused(ssl) || checker->may_defer()) {
+    // A full handshake's verify callback read it before looking the chain up; so did a resumed
+    // session's ticket stamp, when it still holds.
+    const auto checked = tls::revocation_checked_generation(ssl);
+    const auto generation = checked != 0 ? checked : checker->generation();
+    if ((SSL_session_reused(ssl) && checked == 0) || checker->may_defer()) {
       const auto verdict = co_await revocation_verdict(*checker);
       if (verdict.status != revocation::Status::good) {
         const auto result = verdict.status == revocation::Status::revoked
@@ -289,6 +292,7 @@ net::awaitable<bool> Session::handshake() {
       }
     }
     revocation_generation_ = generation;
+    if (SSL_session_reused(ssl)) metrics.resumed_handshake(tls::resumed_under_stamp(ssl));
   }
   metrics.handshake(admin::HandshakeResult::ok, seconds_since(started));
   if (const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) sni_ = name;

@@ -148,6 +148,9 @@ void CrlChecker::publish(std::shared_ptr<const RevocationIndex> index) noexcept 
   // Readers counted on the idle slot are on their way out: it was not active when they checked.
   drain(next);
   next.index = std::move(index);
+  // The generation moves before and after the switch: a value read while the switch is under
+  // way never equals one read before it or after it (see unchanged_since).
+  generation_.fetch_add(1, std::memory_order_acq_rel);
   active_.store(old ^ 1, std::memory_order_seq_cst);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   drain(slots_[old]);
@@ -161,6 +164,21 @@ std::shared_ptr<const RevocationIndex> CrlChecker::current() const noexcept {
 bool CrlChecker::usable(const std::optional<std::chrono::system_clock::time_point>& next_update,
                         std::chrono::system_clock::time_point now) const noexcept {
   return !next_update || now <= *next_update + stale_grace_;
+}
+
+bool CrlChecker::unchanged_since(std::uint64_t generation,
+                                 std::chrono::system_clock::time_point checked_at) const noexcept {
+  const ReadGuard guard(*this);
+  // Read under the guard: a publish after this point is a later generation.
+  if (generation != generation_.load(std::memory_order_acquire)) return false;
+  const auto now = clock_();
+  for (const auto& entry : guard.index().issuers()) {
+    if (!entry->next_update) continue;
+    // usable() turned false somewhere in (checked_at, now]: that verdict may differ now.
+    const auto stale = *entry->next_update + stale_grace_;
+    if (checked_at <= stale && stale < now) return false;
+  }
+  return true;
 }
 
 Verdict CrlChecker::lookup(X509* cert, X509* issuer) const noexcept {

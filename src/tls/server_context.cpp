@@ -5,14 +5,18 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
+#include <optional>
 
 namespace portcullis::tls {
 
@@ -22,6 +26,8 @@ namespace {
 struct VerifyState {
   std::shared_ptr<const Truststore> truststore;
   std::shared_ptr<const revocation::Checker> revocation;
+  // Random per SSL_CTX: a ticket's revocation stamp counts only in the context that made it.
+  std::uint64_t context = 0;
 };
 
 void free_verify_state(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
@@ -38,6 +44,35 @@ int ctx_state_index() {
 int ssl_reason_index() {
   static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return index;
+}
+
+// The revocation generation this connection's chain was checked against (an integer stored as
+// the pointer), and when (seconds since the epoch): set by the verify callback in a full
+// handshake, and for a resumed session whose ticket stamp still holds.
+int ssl_generation_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+int ssl_checked_at_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+// Set (to any non-null value) when a resumed session's ticket stamp held.
+int ssl_stamp_held_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+void set_checked(SSL* ssl, std::uint64_t generation, std::time_t checked_at) {
+  SSL_set_ex_data(ssl, ssl_generation_index(),
+                  reinterpret_cast<void*>(static_cast<std::uintptr_t>(generation)));
+  SSL_set_ex_data(ssl, ssl_checked_at_index(),
+                  reinterpret_cast<void*>(static_cast<std::uintptr_t>(checked_at)));
+}
+
+std::uint64_t checked_generation(const SSL* ssl) {
+  return reinterpret_cast<std::uintptr_t>(SSL_get_ex_data(ssl, ssl_generation_index()));
 }
 
 const char* reason_for(int x509_error) {
@@ -95,7 +130,12 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
   const int depth = X509_STORE_CTX_get_error_depth(store_ctx);
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(store_ctx);
   const int chain_length = sk_X509_num(chain);
-  if (depth + 1 >= chain_length) return 1;
+  if (depth + 1 >= chain_length) {
+    // The anchor comes first: the generation is read before any certificate is looked up, so
+    // data published meanwhile counts as newer than what the chain was checked against.
+    set_checked(ssl, state->revocation->generation(), std::time(nullptr));
+    return 1;
+  }
   if (depth > 0 && !state->revocation->check_whole_chain()) return 1;
   X509* cert = sk_X509_value(chain, depth);
   X509* issuer = sk_X509_value(chain, depth + 1);
@@ -118,6 +158,123 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
       return 0;
   }
   return 0;
+}
+
+// Session tickets carry a revocation stamp, inside the encrypted ticket: which context issued
+// it, the revocation generation the chain was checked against and when, and the earliest
+// notAfter of the chain. A resumption whose stamp still holds (same context, a checker that
+// says nothing changed since, no certificate expired) needs no second look at the chain;
+// OpenSSL keeps only the leaf in a ticket, so that look means rebuilding and re-verifying the
+// chain, the largest cost of a resumed handshake after the ticket itself.
+struct RevocationStamp {
+  std::uint64_t context = 0;
+  std::uint64_t generation = 0;
+  std::int64_t checked_at = 0;
+  std::int64_t not_after = 0;
+};
+constexpr unsigned char stamp_version = 1;
+constexpr std::size_t stamp_size = 1 + 4 * 8;
+
+void put_u64(unsigned char* out, std::uint64_t v) {
+  for (int i = 7; i >= 0; --i, v >>= 8) out[i] = static_cast<unsigned char>(v);
+}
+std::uint64_t get_u64(const unsigned char* in) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | in[i];
+  return v;
+}
+
+std::optional<RevocationStamp> read_stamp(SSL_SESSION* session) {
+  void* data = nullptr;
+  size_t size = 0;
+  if (!session || SSL_SESSION_get0_ticket_appdata(session, &data, &size) != 1 ||
+      size != stamp_size) {
+    return std::nullopt;
+  }
+  const auto* in = static_cast<const unsigned char*>(data);
+  if (in[0] != stamp_version) return std::nullopt;
+  return RevocationStamp{get_u64(in + 1), get_u64(in + 9),
+                         static_cast<std::int64_t>(get_u64(in + 17)),
+                         static_cast<std::int64_t>(get_u64(in + 25))};
+}
+
+void write_stamp(SSL_SESSION* session, const RevocationStamp& stamp) {
+  unsigned char out[stamp_size];
+  out[0] = stamp_version;
+  put_u64(out + 1, stamp.context);
+  put_u64(out + 9, stamp.generation);
+  put_u64(out + 17, static_cast<std::uint64_t>(stamp.checked_at));
+  put_u64(out + 25, static_cast<std::uint64_t>(stamp.not_after));
+  SSL_SESSION_set1_ticket_appdata(session, out, sizeof(out));
+}
+
+const VerifyState* verify_state(const SSL* ssl) {
+  return static_cast<const VerifyState*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_state_index()));
+}
+
+// Whether stamps apply: only to a checker whose verdicts are settled in the handshake.
+const revocation::Checker* stamping_checker(const VerifyState* state) {
+  if (!state || !state->revocation || state->revocation->may_defer()) return nullptr;
+  return state->revocation.get();
+}
+
+// Called as OpenSSL builds a ticket, after the handshake (TLS 1.3), or as it renews one.
+int generate_ticket(SSL* ssl, void*) {
+  const auto* state = verify_state(ssl);
+  const auto* checker = stamping_checker(state);
+  SSL_SESSION* session = SSL_get_session(ssl);
+  if (!checker || !session) return 1;
+  RevocationStamp stamp{state->context, 0, 0, 0};
+  if (!SSL_session_reused(ssl)) {
+    stamp.generation = checked_generation(ssl);
+    if (stamp.generation == 0) return 1;
+    stamp.checked_at = static_cast<std::int64_t>(
+        reinterpret_cast<std::uintptr_t>(SSL_get_ex_data(ssl, ssl_checked_at_index())));
+    stamp.not_after = revocation::earliest_not_after(SSL_get0_verified_chain(ssl));
+  } else if (checked_generation(ssl) != 0) {
+    return 1;  // resumed under a stamp that holds: the new ticket keeps it
+  } else {
+    // Resumed under a stamp that no longer holds (new revocation data, another context): check
+    // the chain now, so that this connection need not and the new ticket carries a fresh stamp.
+    // A chain that is not good gets no stamp; the connection refuses it after the handshake.
+    stamp.generation = checker->generation();
+    stamp.checked_at = std::time(nullptr);
+    std::time_t not_after = 0;
+    const auto verdict =
+        revocation::check_peer(*checker, ssl, state->truststore->store(), nullptr, &not_after);
+    if (verdict.status != revocation::Status::good) return 1;
+    stamp.not_after = not_after;
+    set_checked(ssl, stamp.generation, stamp.checked_at);
+  }
+  if (stamp.not_after == 0) return 1;
+  write_stamp(session, stamp);
+  return 1;
+}
+
+// Called with each ticket a client offers, once decrypted.
+SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned char*, size_t,
+                                 SSL_TICKET_STATUS status, void*) {
+  switch (status) {
+    case SSL_TICKET_SUCCESS:
+    case SSL_TICKET_SUCCESS_RENEW:
+      break;
+    case SSL_TICKET_EMPTY:
+    case SSL_TICKET_NO_DECRYPT:
+      return SSL_TICKET_RETURN_IGNORE_RENEW;  // OpenSSL's own answer: a full handshake
+    default:
+      return SSL_TICKET_RETURN_ABORT;
+  }
+  const auto* state = verify_state(ssl);
+  const auto* checker = stamping_checker(state);
+  const auto stamp = checker ? read_stamp(session) : std::nullopt;
+  if (stamp && stamp->context == state->context && std::time(nullptr) < stamp->not_after &&
+      checker->unchanged_since(stamp->generation,
+                               std::chrono::system_clock::from_time_t(stamp->checked_at))) {
+    set_checked(ssl, stamp->generation, static_cast<std::time_t>(stamp->checked_at));
+    SSL_set_ex_data(ssl, ssl_stamp_held_index(), ssl);
+  }
+  return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
 }
 
 // A client that sends no certificate never reaches the verify callback: OpenSSL fails the
@@ -261,6 +418,14 @@ void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source) {
   }
 }
 
+std::uint64_t revocation_checked_generation(const SSL* ssl) {
+  return ssl ? checked_generation(ssl) : 0;
+}
+
+bool resumed_under_stamp(const SSL* ssl) {
+  return ssl && SSL_get_ex_data(ssl, ssl_stamp_held_index()) != nullptr;
+}
+
 std::string_view verify_failure_reason(const SSL* ssl) {
   if (!ssl) return {};
   if (const auto* reason = static_cast<const char*>(SSL_get_ex_data(ssl, ssl_reason_index()))) {
@@ -345,7 +510,11 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
     }
     SSL_CTX_set_client_CA_list(ctx.get(), names);  // takes ownership
   }
-  auto state = std::make_unique<VerifyState>(VerifyState{options.truststore, options.revocation});
+  auto state =
+      std::make_unique<VerifyState>(VerifyState{options.truststore, options.revocation, 0});
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&state->context), sizeof(state->context)) != 1) {
+    throw_openssl_error(where + "cannot draw a random context id");
+  }
   if (SSL_CTX_set_ex_data(ctx.get(), ctx_state_index(), state.get()) != 1) {
     throw_openssl_error(where + "cannot attach the verification state");
   }
@@ -361,6 +530,9 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
     throw_openssl_error(where + "cannot set the session id context");
   }
   SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_SERVER);
+  if (SSL_CTX_set_session_ticket_cb(ctx.get(), generate_ticket, decrypt_ticket, nullptr) != 1) {
+    throw_openssl_error(where + "cannot install the session ticket callbacks");
+  }
   // One TLS 1.3 ticket per handshake instead of OpenSSL's two: OpenSSL 3.0 builds each ticket by
   // encoding the session, decoding it again (the client certificate's key included, through the
   // provider decoders) and encoding the copy, a tenth of a full handshake's CPU per ticket.

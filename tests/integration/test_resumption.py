@@ -110,6 +110,41 @@ class ResumptionHonoursRevocation(unittest.TestCase):
         self.assert_resumption_refused_after_revocation("session-id-client", ", session_tickets: false",
                                                         tls12=True)
 
+    def test_a_resumed_session_is_checked_again_only_when_revocation_data_changed(self):
+        client = self.pki.inter.issue("stamp-client", "stamp-client")
+        gateway = self.start()
+        context = self.pki.context(client)
+        stamped = 'portcullis_resumed_handshakes_total{revocation="stamp"}'
+        checked = 'portcullis_resumed_handshakes_total{revocation="checked"}'
+        _, session, _ = exchange(context, gateway.port)
+        status, session, reused = exchange(context, gateway.port, session)
+        self.assertIn("200", status)
+        self.assertTrue(reused)
+        # Nothing changed since the ticket was made: its stamp settles revocation.
+        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (1, 0))
+
+        # New revocation data that does not name this client: the next resumption checks the
+        # chain again and is admitted; the ticket it gets carries the new data's stamp.
+        old = crl_source_status(gateway, self.url)["crl_number"]
+        other = self.pki.inter.issue("stamp-other", "stamp-other")
+        self.pki.inter.revoke(other["cert"])
+        self.crls.files["inter.crl"] = self.pki.inter.crl()
+        refresh_and_wait(gateway, self.url, lambda s: s["crl_number"] != old)
+        status, session, reused = exchange(context, gateway.port, session)
+        self.assertIn("200", status)
+        self.assertTrue(reused)
+        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (1, 1))
+        status, session, reused = exchange(context, gateway.port, session)
+        self.assertIn("200", status)
+        self.assertTrue(reused)
+        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (2, 1))
+
+        # A revocation after that ticket was made is still caught on resumption.
+        self.revoke_and_publish(gateway, client)
+        status, _, _ = exchange(context, gateway.port, session)
+        self.assertNotIn("200", status)
+        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (2, 1))
+
     def test_a_truststore_change_forces_a_full_handshake(self):
         client = self.pki.inter.issue("trust-change", "trust-change")
         truststore = os.path.join(self.pki.dir, "live-truststore.pem")

@@ -56,6 +56,9 @@ class Metrics {
   void connection_closed() noexcept;
   void connection_rejected() noexcept;  // over the listener's connection limit
   void handshake(HandshakeResult result, double seconds) noexcept;
+  // A resumed session admitted: its revocation stamp held (`by_stamp`), or its chain was checked
+  // against the current revocation data.
+  void resumed_handshake(bool by_stamp) noexcept;
   void request(int status, double seconds) noexcept;
   void bad_request() noexcept;  // malformed request refused before any forwarding
   void upstream_error(UpstreamError error) noexcept;
@@ -80,6 +83,8 @@ class Metrics {
   std::atomic<std::uint64_t> rejected_{0};
   std::array<std::atomic<std::uint64_t>, static_cast<int>(HandshakeResult::count_)> handshakes_{};
   Histogram handshake_seconds_;
+  std::atomic<std::uint64_t> resumed_by_stamp_{0};
+  std::atomic<std::uint64_t> resumed_checked_{0};
   std::array<std::atomic<std::uint64_t>, 6> requests_by_class_{};  // index 1..5 = 1xx..5xx
   Histogram request_seconds_;
   std::atomic<std::uint64_t> bad_requests_{0};

@@ -6,7 +6,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <string_view>
 #include <utility>
@@ -50,6 +52,16 @@ class Checker {
   virtual bool check_whole_chain() const noexcept { return false; }
   // Changes whenever the revocation data changes, so long-lived connections know to re-check.
   virtual std::uint64_t generation() const noexcept { return 0; }
+  // Whether a chain found good at `checked_at` against the data of `generation` is still good
+  // now without looking again: the data has not changed, and nothing the verdict depends on has
+  // changed with time alone (a CRL going stale). False when that cannot be told; a resumed
+  // session is then checked again.
+  virtual bool unchanged_since(std::uint64_t generation,
+                               std::chrono::system_clock::time_point checked_at) const noexcept {
+    (void)generation;
+    (void)checked_at;
+    return false;
+  }
 };
 
 // Checks a connection's peer chain against `checker`: the verified chain of a full handshake,
@@ -58,7 +70,12 @@ class Checker {
 // connection.
 // With `pending`, certificates check() leaves pending are collected there and the result is
 // pending when nothing was worse; without it, every certificate gets check_settled().
+// With `not_after`, the earliest notAfter of the chain is stored there.
 Verdict check_peer(const Checker& checker, SSL* ssl, X509_STORE* trust,
-                   std::vector<CertPair>* pending = nullptr);
+                   std::vector<CertPair>* pending = nullptr, std::time_t* not_after = nullptr);
+
+// The earliest notAfter of the certificates in `chain`; 0 when there is none or one cannot be
+// read.
+std::time_t earliest_not_after(STACK_OF(X509) * chain) noexcept;
 
 }  // namespace portcullis::revocation

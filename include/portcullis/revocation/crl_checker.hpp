@@ -62,6 +62,9 @@ class CrlChecker : public Checker {
   std::uint64_t generation() const noexcept override {
     return generation_.load(std::memory_order_acquire);
   }
+  // Same generation, and no CRL has passed nextUpdate plus the grace since `checked_at`.
+  bool unchanged_since(std::uint64_t generation,
+                       std::chrono::system_clock::time_point checked_at) const noexcept override;
 
   // The verdict before policy: good / revoked / unknown(reason), for check-cert and tests.
   Verdict lookup(X509* cert, X509* issuer) const noexcept;

@@ -142,3 +142,37 @@ TEST_CASE("discovery offers each issuer once and stays bounded", "[revocation][d
   CHECK(accepted == DiscoveryQueue::capacity - 1);
   CHECK(queue.take().size() == DiscoveryQueue::capacity - 1);
 }
+
+TEST_CASE("unchanged_since holds until the data changes or a CRL goes stale",
+          "[revocation][resumption]") {
+  const auto ca = make_ca("Stamp CA");
+  auto now = std::chrono::system_clock::now();
+  CrlChecker checker(config::OnUnknown::deny, std::chrono::minutes(1), [&now] { return now; });
+  checker.publish(index_for(ca.cert.get(), nullptr, now + std::chrono::minutes(10)));
+  const auto generation = checker.generation();
+  const auto checked_at = now;
+
+  SECTION("same data, CRL still usable: unchanged") {
+    now += std::chrono::minutes(5);
+    CHECK(checker.unchanged_since(generation, checked_at));
+  }
+  SECTION("any publish, even of the same CRL, is a change") {
+    checker.publish(index_for(ca.cert.get(), nullptr, now + std::chrono::minutes(10)));
+    CHECK(checker.generation() != generation);
+    CHECK_FALSE(checker.unchanged_since(generation, checked_at));
+  }
+  SECTION("the CRL passed nextUpdate plus the grace since the check: changed") {
+    now += std::chrono::minutes(10) + std::chrono::seconds(61);
+    CHECK_FALSE(checker.unchanged_since(generation, checked_at));
+  }
+  SECTION("a CRL already stale at the check stays as it was then") {
+    now += std::chrono::minutes(12);
+    CHECK(checker.unchanged_since(generation, now));
+    now += std::chrono::hours(1);
+    CHECK(checker.unchanged_since(generation, now - std::chrono::hours(1)));
+  }
+  SECTION("a generation that was never this checker's: changed") {
+    CHECK_FALSE(checker.unchanged_since(generation + 1, checked_at));
+    CHECK_FALSE(checker.unchanged_since(0, checked_at));
+  }
+}

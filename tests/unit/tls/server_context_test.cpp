@@ -39,6 +39,20 @@ class StubChecker : public revocation::Checker {
   bool check_whole_chain() const noexcept override { return whole_chain; }
 };
 
+// A StubChecker whose data has a generation, as CrlChecker's does: stamps hold while it stays.
+class GenerationChecker : public StubChecker {
+ public:
+  std::uint64_t current = 7;
+  bool defers = false;
+
+  std::uint64_t generation() const noexcept override { return current; }
+  bool may_defer() const noexcept override { return defers; }
+  bool unchanged_since(std::uint64_t generation,
+                       std::chrono::system_clock::time_point) const noexcept override {
+    return generation == current;
+  }
+};
+
 struct Outcome {
   bool server_ok = false;
   bool client_ok = false;
@@ -47,7 +61,9 @@ struct Outcome {
   std::string alpn;
   int version = 0;
   bool resumed = false;
-  long client_verify_result = -1;  // the client's verification of the server chain
+  std::uint64_t checked_generation = 0;  // revocation_checked_generation() on the server side
+  bool stamp_held = false;               // resumed_under_stamp() on the server side
+  long client_verify_result = -1;        // the client's verification of the server chain
   std::vector<std::string> ca_names;
   SslSessionPtr session;
 };
@@ -128,6 +144,8 @@ Outcome handshake(SSL_CTX* server_ctx, SSL_CTX* client_ctx, int version = TLS1_3
   outcome.alpn.assign(reinterpret_cast<const char*>(selected), selected_len);
   outcome.version = SSL_version(client.get());
   outcome.resumed = SSL_session_reused(server.get()) == 1;
+  outcome.checked_generation = revocation_checked_generation(server.get());
+  outcome.stamp_held = resumed_under_stamp(server.get());
   outcome.client_verify_result = SSL_get_verify_result(client.get());
   if (const STACK_OF(X509_NAME)* names = SSL_get0_peer_CA_list(client.get())) {
     for (int i = 0; i < sk_X509_NAME_num(names); ++i) {
@@ -629,4 +647,96 @@ TEST_CASE("verify_failure_reason of a null or fresh connection is empty", "[serv
   const auto ctx = f.server_context();
   SslPtr ssl(SSL_new(ctx.get()));
   CHECK(verify_failure_reason(ssl.get()).empty());
+}
+
+TEST_CASE("a resumed session skips the chain check only while its ticket stamp holds",
+          "[server_context][revocation][resumption]") {
+  Fixture f;
+  const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+  INFO("version " << std::hex << version);
+  const auto client = f.client(leaf_spec("client-1"));
+  const auto client_ctx = f.client_context(&client, {&f.intermediate});
+  auto checker = std::make_shared<GenerationChecker>();
+  const auto server_ctx = f.server_context(checker);
+
+  const auto first = handshake(server_ctx.get(), client_ctx.get(), version);
+  REQUIRE(first.server_ok);
+  CHECK_FALSE(first.resumed);
+  CHECK(first.checked_generation == 7);
+  REQUIRE(checker->calls.size() == 1);
+
+  SECTION("unchanged data: resumed with the stamp, the chain is not looked at again") {
+    const auto again =
+        handshake(server_ctx.get(), client_ctx.get(), version, {}, first.session.get());
+    CHECK(again.resumed);
+    CHECK(again.checked_generation == 7);
+    CHECK(again.stamp_held);
+    CHECK(checker->calls.size() == 1);
+  }
+  SECTION("changed data: the stamp does not hold") {
+    checker->current = 8;
+    const auto again =
+        handshake(server_ctx.get(), client_ctx.get(), version, {}, first.session.get());
+    CHECK(again.resumed);
+    CHECK_FALSE(again.stamp_held);
+    if (version == TLS1_3_VERSION) {
+      // The new ticket is made after a fresh check of the rebuilt chain, and carries it.
+      CHECK(again.checked_generation == 8);
+      CHECK(checker->calls.size() == 2);
+    } else {
+      // TLS 1.2 keeps the old ticket: the connection must check the chain itself.
+      CHECK(again.checked_generation == 0);
+    }
+  }
+  SECTION("changed data and a revoked client: no stamp, the connection refuses it") {
+    checker->current = 8;
+    checker->leaf_status = revocation::Status::revoked;
+    const auto again =
+        handshake(server_ctx.get(), client_ctx.get(), version, {}, first.session.get());
+    CHECK(again.checked_generation == 0);
+  }
+  SECTION("a ticket from another context carries no stamp that counts there") {
+    const auto other_ctx = f.server_context(checker);
+    unsigned char keys[80];
+    for (unsigned i = 0; i < sizeof(keys); ++i) keys[i] = static_cast<unsigned char>(i);
+    for (SSL_CTX* ctx : {server_ctx.get(), other_ctx.get()}) {
+      REQUIRE(SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) == 1);
+    }
+    const auto issued = handshake(server_ctx.get(), client_ctx.get(), version);
+    REQUIRE(issued.server_ok);
+    const auto calls = checker->calls.size();
+    const auto there =
+        handshake(other_ctx.get(), client_ctx.get(), version, {}, issued.session.get());
+    CHECK(there.resumed);
+    if (version == TLS1_2_VERSION) {
+      CHECK(there.checked_generation == 0);
+      CHECK(checker->calls.size() == calls);
+    } else {
+      CHECK(checker->calls.size() == calls + 1);  // checked again as the new ticket was made
+    }
+    const auto here =
+        handshake(server_ctx.get(), client_ctx.get(), version, {}, issued.session.get());
+    CHECK(here.resumed);
+    CHECK(here.checked_generation == 7);
+    CHECK(here.stamp_held);
+    CHECK_FALSE(there.stamp_held);
+    CHECK(checker->calls.size() == (version == TLS1_2_VERSION ? calls : calls + 1));
+  }
+}
+
+TEST_CASE("a checker that defers gets no ticket stamps",
+          "[server_context][revocation][resumption]") {
+  Fixture f;
+  const auto client = f.client(leaf_spec("client-1"));
+  const auto client_ctx = f.client_context(&client, {&f.intermediate});
+  auto checker = std::make_shared<GenerationChecker>();
+  checker->defers = true;
+  const auto server_ctx = f.server_context(checker);
+  const auto first = handshake(server_ctx.get(), client_ctx.get());
+  REQUIRE(first.server_ok);
+  const auto again =
+      handshake(server_ctx.get(), client_ctx.get(), TLS1_3_VERSION, {}, first.session.get());
+  CHECK(again.resumed);
+  CHECK(again.checked_generation == 0);
+  CHECK_FALSE(again.stamp_held);
 }
