@@ -40,9 +40,13 @@ int ctx_state_index() {
   return index;
 }
 
+int new_ssl_index() {
+  return SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+}
+
 // The first verification failure on a connection, as a pointer to a static string.
 int ssl_reason_index() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int index = new_ssl_index();
   return index;
 }
 
@@ -50,17 +54,17 @@ int ssl_reason_index() {
 // the pointer), and when (seconds since the epoch): set by the verify callback in a full
 // handshake, and for a resumed session whose ticket stamp still holds.
 int ssl_generation_index() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int index = new_ssl_index();
   return index;
 }
 int ssl_checked_at_index() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int index = new_ssl_index();
   return index;
 }
 
 // Set (to any non-null value) when a resumed session's ticket stamp held.
 int ssl_stamp_held_index() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int index = new_ssl_index();
   return index;
 }
 

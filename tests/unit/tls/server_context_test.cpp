@@ -213,6 +213,14 @@ struct Fixture {
   Issued client(CertSpec spec) const { return issue_certificate(spec, &intermediate); }
 };
 
+// Gives every context the same fixed ticket keys, so a ticket one made decrypts in the others.
+void share_ticket_keys(std::initializer_list<SSL_CTX*> contexts) {
+  unsigned char keys[80];
+  for (unsigned i = 0; i < sizeof(keys); ++i) keys[i] = static_cast<unsigned char>(i);
+  for (SSL_CTX* ctx : contexts)
+    REQUIRE(SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) == 1);
+}
+
 std::string build_error(const Fixture& fixture) {
   try {
     fixture.server_context();
@@ -476,11 +484,7 @@ TEST_CASE("sessions resume only under the same session id context", "[server_con
   const auto same_ctx = f.server_context(nullptr, "trust-a");
   const auto other_ctx = f.server_context(nullptr, "trust-b");
   // Shared ticket keys, as a reload keeps them: only the session id context differs.
-  unsigned char keys[80];
-  for (unsigned i = 0; i < sizeof(keys); ++i) keys[i] = static_cast<unsigned char>(i);
-  for (SSL_CTX* ctx : {first_ctx.get(), same_ctx.get(), other_ctx.get()}) {
-    REQUIRE(SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) == 1);
-  }
+  share_ticket_keys({first_ctx.get(), same_ctx.get(), other_ctx.get()});
 
   const auto first = handshake(first_ctx.get(), client_ctx.get(), version);
   REQUIRE(first.server_ok);
@@ -697,11 +701,7 @@ TEST_CASE("a resumed session skips the chain check only while its ticket stamp h
   }
   SECTION("a ticket from another context carries no stamp that counts there") {
     const auto other_ctx = f.server_context(checker);
-    unsigned char keys[80];
-    for (unsigned i = 0; i < sizeof(keys); ++i) keys[i] = static_cast<unsigned char>(i);
-    for (SSL_CTX* ctx : {server_ctx.get(), other_ctx.get()}) {
-      REQUIRE(SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) == 1);
-    }
+    share_ticket_keys({server_ctx.get(), other_ctx.get()});
     const auto issued = handshake(server_ctx.get(), client_ctx.get(), version);
     REQUIRE(issued.server_ok);
     const auto calls = checker->calls.size();
