@@ -6,6 +6,7 @@
 #include "portcullis/tls/identity_headers.hpp"
 #include "portcullis/tls/peer_identity.hpp"
 #include "portcullis/tls/server_context.hpp"
+#include "portcullis/tls/socket_stream.hpp"
 
 #include <fmt/chrono.h>
 #include <openssl/err.h>
@@ -23,7 +24,6 @@
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/json.hpp>
 
 #include <chrono>
@@ -37,7 +37,8 @@ namespace http = beast::http;
 namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
-using ClientStream = beast::ssl_stream<beast::tcp_stream>;
+// TLS on the socket itself: no record buffers or BIO pair held per connection.
+using ClientStream = tls::SocketStream;
 
 namespace {
 
@@ -211,9 +212,19 @@ Session::read_header_section(std::chrono::milliseconds timeout) {
           boost::system::error_code{},
           Rejection{http::status::request_header_fields_too_large, "header_too_large"}};
     }
-    auto [ec, n] =
-        co_await stream_.async_read_some(buffer_.prepare(4096), net::as_tuple(net::use_awaitable));
-    buffer_.commit(n);
+    boost::system::error_code ec;
+    std::size_t n = 0;
+    if (buffer_.size() == 0) {
+      // Between requests a connection holds no read buffer: wait for the client's next bytes
+      // first (this also spares the read that would only find the socket empty).
+      buffer_.shrink_to_fit();
+      std::tie(ec) = co_await stream_.async_wait_readable(net::as_tuple(net::use_awaitable));
+    }
+    if (!ec) {
+      std::tie(ec, n) = co_await stream_.async_read_some(buffer_.prepare(4096),
+                                                         net::as_tuple(net::use_awaitable));
+      buffer_.commit(n);
+    }
     if (ec) {
       // Beast's read_header reports a clean close between requests as end_of_stream.
       if (ec == net::error::eof && buffer_.size() == 0) ec = http::error::end_of_stream;
@@ -859,7 +870,7 @@ net::awaitable<void> run_client_session(tcp::socket socket, SessionParams params
               std::to_string(remote.port());
   socket.set_option(tcp::no_delay(true), ec);
 
-  ClientStream stream(beast::tcp_stream(std::move(socket)), *params.listener->ssl);
+  ClientStream stream(std::move(socket), *params.listener->ssl);
   try {
     Session session(std::move(params), stream, std::move(client_ip), std::move(peer));
     co_await session.run();

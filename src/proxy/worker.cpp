@@ -32,8 +32,8 @@ void Worker::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-Worker::Handle Worker::track(boost::beast::tcp_stream& stream) {
-  sessions_.push_front(Tracked{&stream, true});
+Worker::Handle Worker::track(tls::TimedSocket& socket) {
+  sessions_.push_front(Tracked{&socket, true});
   return sessions_.begin();
 }
 
@@ -44,7 +44,7 @@ void Worker::untrack(Handle handle) {
 void Worker::drain_idle() {
   boost::asio::post(io_, [this] {
     for (auto& session : sessions_) {
-      if (session.idle) session.stream->expires_after(std::chrono::seconds(0));
+      if (session.idle) session.socket->expires_after(std::chrono::seconds(0));
     }
   });
 }

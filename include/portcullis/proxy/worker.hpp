@@ -5,11 +5,11 @@
 // Thread-safety: start/stop/drain_idle may be called from any thread; track/untrack and pool()
 // only from this worker's own thread.
 
+#include "portcullis/tls/socket_stream.hpp"
 #include "portcullis/upstream/connection_pool.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 
 #include <list>
 #include <optional>
@@ -20,7 +20,7 @@ namespace portcullis::proxy {
 class Worker {
  public:
   struct Tracked {
-    boost::beast::tcp_stream* stream = nullptr;
+    tls::TimedSocket* socket = nullptr;
     bool idle = true;  // waiting for the next request on a keep-alive connection
   };
   using Handle = std::list<Tracked>::iterator;
@@ -37,7 +37,7 @@ class Worker {
   // Ends the run loop (remaining coroutines are destroyed) and joins the thread.
   void stop();
 
-  Handle track(boost::beast::tcp_stream& stream);
+  Handle track(tls::TimedSocket& socket);
   void untrack(Handle handle);
   // Ends every connection that is idle between requests; busy ones finish their request first.
   void drain_idle();
