@@ -588,7 +588,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
       req.set(http::field::host, sni_.empty() ? ex.endpoint : sni_);
 
     auto sent =
-        co_await relay_message(stream_, buffer_, parser, lease->stream, true, cfg_.idle_timeout,
+        co_await relay_message(stream_, buffer_, parser, lease->stream(), true, cfg_.idle_timeout,
                                upstream.response_timeout, chunk(), preread_);
     ex.bytes_in = sent.body_bytes;
     if (sent.read_error) {
@@ -625,9 +625,9 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     // 100 Continue already.
     fresh_response_parser();
     for (;;) {
-      beast::get_lowest_layer(lease->stream).expires_after(upstream.response_timeout);
+      beast::get_lowest_layer(lease->stream()).expires_after(upstream.response_timeout);
       auto [ec, n] = co_await http::async_read_header(
-          lease->stream, upstream_buffer, *response_parser, net::as_tuple(net::use_awaitable));
+          lease->stream(), upstream_buffer, *response_parser, net::as_tuple(net::use_awaitable));
       if (ec) {
         if (ec != beast::error::timeout && upstream_buffer.size() == 0 && may_retry()) {
           lease.reset();
@@ -684,13 +684,13 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     res.version(11);
     ex.status = status;
     auto switched =
-        co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, false,
+        co_await relay_message(lease->stream(), upstream_buffer, *response_parser, stream_, false,
                                upstream.response_timeout, cfg_.idle_timeout, chunk());
     if (!switched) {
       ex.reason = "client_gone";
       co_return false;
     }
-    co_await tunnel(lease->stream, upstream_buffer, ex);
+    co_await tunnel(lease->stream(), upstream_buffer, ex);
     co_return false;
   }
   const bool upstream_keep_alive = res.keep_alive();
@@ -715,7 +715,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   ex.status = status;
 
   auto received =
-      co_await relay_message(lease->stream, upstream_buffer, *response_parser, stream_, !bodyless,
+      co_await relay_message(lease->stream(), upstream_buffer, *response_parser, stream_, !bodyless,
                              upstream.response_timeout, cfg_.idle_timeout, chunk());
   ex.bytes_out = received.body_bytes;
   if (received.read_error) {

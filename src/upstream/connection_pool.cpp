@@ -114,8 +114,8 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
       Idle candidate = std::move(e.idle.back());
       e.idle.pop_back();
       if (now - candidate.since < upstream.idle_timeout &&
-          still_open(candidate.stream.next_layer().socket())) {
-        co_return Lease{std::move(candidate.stream), address.to_string(), true,
+          still_open(candidate.connection->next_layer().socket())) {
+        co_return Lease{std::move(candidate.connection), address.to_string(), true,
                         Outstanding(e.health), keys[i]};
       }
     }
@@ -137,8 +137,8 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
     stream.socket().set_option(tcp::no_delay(true));
     if (!tls) {
       health.connected(*e.health);
-      co_return Lease{UpstreamStream(std::move(stream)), address.to_string(), false,
-                      Outstanding(e.health), keys[i]};
+      co_return Lease{std::make_unique<UpstreamStream>(std::move(stream)), address.to_string(),
+                      false, Outstanding(e.health), keys[i]};
     }
 
     // The certificate must chain to the upstream's CAs and carry the expected name; a host
@@ -159,7 +159,7 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
       continue;
     }
     health.connected(*e.health);
-    co_return Lease{UpstreamStream(std::move(secure)), address.to_string(), false,
+    co_return Lease{std::make_unique<UpstreamStream>(std::move(secure)), address.to_string(), false,
                     Outstanding(e.health), keys[i]};
   }
   throw boost::system::system_error(last_error);
@@ -170,8 +170,8 @@ void ConnectionPool::release(const config::Upstream& upstream, Lease lease) {
   if (found == endpoints_.end()) return;
   auto& idle = found->second.idle;
   if (static_cast<int>(idle.size()) >= upstream.max_idle_connections) return;
-  lease.stream.next_layer().expires_never();
-  idle.push_back(Idle{std::move(lease.stream), Clock::now()});
+  lease.stream().next_layer().expires_never();
+  idle.push_back(Idle{std::move(lease.connection), Clock::now()});
 }
 
 std::size_t ConnectionPool::idle_connections() const noexcept {

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -25,7 +26,10 @@ namespace portcullis::upstream {
 // A connection taken from the pool, either reused or fresh. While it lives it counts as one
 // request outstanding on its endpoint.
 struct Lease {
-  UpstreamStream stream;
+  // Held by pointer: moving a Beast tcp_stream builds a new one (its state and three timers),
+  // and a lease moves several times between the pool and a session.
+  std::unique_ptr<UpstreamStream> connection;
+  UpstreamStream& stream() noexcept { return *connection; }
   std::string endpoint;  // "host:port", for logs
   bool reused = false;
   Outstanding outstanding;
@@ -55,7 +59,7 @@ class ConnectionPool {
 
  private:
   struct Idle {
-    UpstreamStream stream;
+    std::unique_ptr<UpstreamStream> connection;
     std::chrono::steady_clock::time_point since;
   };
   struct Endpoint {
