@@ -6,6 +6,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev libboost-url1.81-dev
   libssl-dev openssl libyaml-cpp-dev libspdlog-dev catch2 libsystemd-dev
+  libgoogle-perftools-dev      # tcmalloc_minimal, the gateway's allocator
   curl python3 python3-yaml ca-certificates procps
   systemd yamllint shellcheck  # packaging checks: systemd-analyze verify, YAML and shell lint
   clang libclang-rt-14-dev     # libFuzzer targets (scripts/fuzz.sh)
