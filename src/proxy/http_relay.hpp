@@ -6,6 +6,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -14,9 +15,13 @@
 #include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace portcullis::proxy {
@@ -28,6 +33,52 @@ struct RelayResult {
   bool header_written = false;
   explicit operator bool() const noexcept { return !read_error && !write_error; }
 };
+
+// The header as Beast's serializer writes it (start line, fields, blank line), in one piece:
+// iterating the serializer's buffer sequence of one buffer per field cost more than the copy.
+template <bool isRequest, class Fields>
+std::string serialize_header(const boost::beast::http::header<isRequest, Fields>& h) {
+  std::string out;
+  out.reserve(512);
+  const auto version = h.version();
+  const char v[] = {static_cast<char>('0' + version / 10), '.',
+                    static_cast<char>('0' + version % 10)};
+  if constexpr (isRequest) {
+    out.append(h.method_string()).append(" ").append(h.target()).append(" HTTP/");
+    out.append(v, sizeof(v)).append("\r\n");
+  } else {
+    const auto code = h.result_int();
+    const char status[] = {' ', static_cast<char>('0' + code / 100),
+                           static_cast<char>('0' + (code / 10) % 10),
+                           static_cast<char>('0' + code % 10), ' '};
+    out.append("HTTP/").append(v, sizeof(v)).append(status, sizeof(status));
+    const auto reason = h.reason();
+    out.append(reason.empty() ? boost::beast::http::obsolete_reason(h.result()) : reason);
+    out.append("\r\n");
+  }
+  for (const auto& field : h) {
+    out.append(field.name_string()).append(": ").append(field.value()).append("\r\n");
+  }
+  out.append("\r\n");
+  return out;
+}
+
+// Reads the next piece of the body into `chunk`: the error, and how many bytes it holds.
+template <class In, bool isRequest>
+boost::asio::awaitable<std::pair<boost::system::error_code, std::size_t>> read_body_piece(
+    In& in, boost::beast::flat_buffer& in_buffer,
+    boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser,
+    std::vector<char>& chunk, std::chrono::milliseconds read_timeout) {
+  namespace http = boost::beast::http;
+  auto& body = parser.get().body();
+  body.data = chunk.data();
+  body.size = chunk.size();
+  boost::beast::get_lowest_layer(in).expires_after(read_timeout);
+  auto [ec, n] = co_await http::async_read(in, in_buffer, parser,
+                                           boost::asio::as_tuple(boost::asio::use_awaitable));
+  if (ec == http::error::need_buffer) ec = {};
+  co_return std::pair{ec, ec ? 0 : chunk.size() - body.size};
+}
 
 // Writes the (already transformed) header, then the body if `with_body`. `preread` is the
 // number of body bytes already read into `chunk` (the first piece, read before forwarding).
@@ -43,7 +94,6 @@ boost::asio::awaitable<RelayResult> relay_message(
   using boost::asio::use_awaitable;
 
   RelayResult result;
-  http::serializer<isRequest, http::buffer_body> serializer{parser.get()};
   auto& body = parser.get().body();
   if (with_body && !preread && !parser.is_done() && in_buffer.size() != 0) {
     // Body bytes that arrived with the header go out with it: one write, one TLS record, one
@@ -66,6 +116,36 @@ boost::asio::awaitable<RelayResult> relay_message(
     }
     preread = chunk.size() - body.size;
   }
+  if (!parser.get().chunked()) {
+    // Not chunked on the way out (so not on the way in either): the body goes as it came.
+    const auto head = serialize_header(parser.get());
+    std::size_t piece = with_body && preread ? *preread : 0;
+    preread.reset();
+    for (bool first = true; first || (with_body && !parser.is_done()); first = false) {
+      if (!first) {
+        std::tie(result.read_error, piece) =
+            co_await read_body_piece(in, in_buffer, parser, chunk, read_timeout);
+        if (result.read_error) co_return result;
+        if (piece == 0) continue;
+      }
+      // The header goes with the first piece of the body at hand: one write, one TLS record.
+      const std::array<boost::asio::const_buffer, 2> pieces{
+          first ? boost::asio::buffer(head) : boost::asio::const_buffer(),
+          boost::asio::buffer(chunk.data(), piece)};
+      boost::beast::get_lowest_layer(out).expires_after(write_timeout);
+      auto [write_ec, write_n] =
+          co_await boost::asio::async_write(out, pieces, as_tuple(use_awaitable));
+      if (write_ec) {
+        result.write_error = write_ec;
+        co_return result;
+      }
+      result.header_written = true;
+      result.body_bytes += piece;
+    }
+    co_return result;
+  }
+
+  http::serializer<isRequest, http::buffer_body> serializer{parser.get()};
   if (!with_body || (!preread && !parser.is_done())) {
     // Nothing of the body is here yet: the header goes first, so that the other side sees it
     // before a slow body.
@@ -87,17 +167,9 @@ boost::asio::awaitable<RelayResult> relay_message(
       body.more = !parser.is_done();
       preread.reset();
     } else if (!parser.is_done()) {
-      body.data = chunk.data();
-      body.size = chunk.size();
-      boost::beast::get_lowest_layer(in).expires_after(read_timeout);
-      auto [read_ec, read_n] =
-          co_await http::async_read(in, in_buffer, parser, as_tuple(use_awaitable));
-      if (read_ec == http::error::need_buffer) read_ec = {};
-      if (read_ec) {
-        result.read_error = read_ec;
-        co_return result;
-      }
-      body.size = chunk.size() - body.size;
+      std::tie(result.read_error, body.size) =
+          co_await read_body_piece(in, in_buffer, parser, chunk, read_timeout);
+      if (result.read_error) co_return result;
       body.data = chunk.data();
       body.more = !parser.is_done();
     } else {
