@@ -152,6 +152,7 @@ class Session {
   read_header_section(std::chrono::milliseconds timeout);
   net::awaitable<boost::system::error_code> read_first_body_piece(
       http::request_parser<http::buffer_body>& parser);
+  net::awaitable<bool> exchange(Worker::Handle handle, Clock::time_point deadline);
   net::awaitable<bool> serve(http::request_parser<http::buffer_body>& parser, Exchange& ex);
   net::awaitable<bool> forward(http::request_parser<http::buffer_body>& parser,
                                const config::Route& route, Exchange& ex);
@@ -350,63 +351,81 @@ net::awaitable<void> Session::run() {
     // fresh connection is still served so that a handshake never ends in silence.
     if (!first && p_.services->draining.load(std::memory_order_relaxed)) break;
     handle->idle = true;
-    http::request_parser<http::buffer_body> parser;
-    parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
-    parser.body_limit(boost::none);
-    auto [ec, rejection] =
-        co_await read_header_section(first ? cfg_.header_timeout : cfg_.idle_timeout);
-    handle->idle = false;
+    const auto timeout = first ? cfg_.header_timeout : cfg_.idle_timeout;
+    const auto deadline = Clock::now() + timeout;
+    if (buffer_.size() == 0) {
+      // Between requests a connection waits here, in this small frame: no parser, no read
+      // buffer and no header deadline of its own. If nothing comes, the socket's expiry closes
+      // it, as a header timeout with nothing received does.
+      buffer_.shrink_to_fit();
+      beast::get_lowest_layer(stream_).expires_after(timeout);
+      auto [ec] = co_await stream_.async_wait_readable(net::as_tuple(net::use_awaitable));
+      if (ec) co_return;  // timed out or drained: the socket is closed
+    }
+    const bool keep_alive = co_await exchange(handle, deadline);
     first = false;
-    if (rejection) {
-      Exchange ex;
-      ex.reason = rejection->reason;
-      p_.services->metrics.bad_request();
-      auto body = json_error(rejection->status == http::status::request_header_fields_too_large
-                                 ? "header_too_large"
-                                 : "bad_request",
-                             rejection->reason);
-      co_await respond(static_cast<unsigned>(rejection->status), "application/json",
-                       std::move(body), false, ex);
-      log_exchange(ex);
-      break;
-    }
-    if (!ec) {
-      // The whole header section is buffered: this parses it without further I/O.
-      std::tie(ec, std::ignore) = co_await http::async_read_header(
-          stream_, buffer_, parser, net::as_tuple(net::use_awaitable));
-    }
-    if (ec) {
-      // A closed or idle connection is the normal end of keep-alive, not an error.
-      if (ec == http::error::end_of_stream || ec == ssl::error::stream_truncated ||
-          ec == beast::error::timeout || ec == net::error::operation_aborted ||
-          ec == net::error::connection_reset || ec == net::error::eof || buffer_.size() == 0) {
-        if (ec == beast::error::timeout && buffer_.size() > 0) {
-          Exchange ex;
-          ex.reason = "header_timeout";
-          co_await respond(408, "text/plain; charset=utf-8", "request header timeout\n", false, ex);
-        }
-        break;
-      }
-      Exchange ex;
-      ex.reason = parse_error_reason(ec);
-      p_.services->metrics.bad_request();
-      const bool too_large = ec == http::error::header_limit;
-      auto body = json_error(too_large ? "header_too_large" : "bad_request", ex.reason);
-      co_await respond(too_large ? 431 : 400, "application/json", std::move(body), false, ex);
-      log_exchange(ex);
-      break;
-    }
-    Exchange ex;
-    ex.method = std::string(parser.get().method_string());
-    const auto target = parser.get().target();
-    ex.path = std::string(target.substr(0, target.find('?')));
-    const bool keep_alive = co_await serve(parser, ex);
-    log_exchange(ex);
     if (!keep_alive) break;
   }
 
   beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
   co_await stream_.async_shutdown(net::as_tuple(net::use_awaitable));
+}
+
+// One request on the connection, from its header (whose first bytes may already be here) to
+// the end of its response: whether the connection may carry another.
+net::awaitable<bool> Session::exchange(Worker::Handle handle, Clock::time_point deadline) {
+  http::request_parser<http::buffer_body> parser;
+  parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
+  parser.body_limit(boost::none);
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  auto [ec, rejection] = co_await read_header_section(std::max(left, std::chrono::milliseconds(1)));
+  handle->idle = false;
+  if (rejection) {
+    Exchange ex;
+    ex.reason = rejection->reason;
+    p_.services->metrics.bad_request();
+    auto body = json_error(rejection->status == http::status::request_header_fields_too_large
+                               ? "header_too_large"
+                               : "bad_request",
+                           rejection->reason);
+    co_await respond(static_cast<unsigned>(rejection->status), "application/json", std::move(body),
+                     false, ex);
+    log_exchange(ex);
+    co_return false;
+  }
+  if (!ec) {
+    // The whole header section is buffered: this parses it without further I/O.
+    std::tie(ec, std::ignore) = co_await http::async_read_header(stream_, buffer_, parser,
+                                                                 net::as_tuple(net::use_awaitable));
+  }
+  if (ec) {
+    // A closed or idle connection is the normal end of keep-alive, not an error.
+    if (ec == http::error::end_of_stream || ec == ssl::error::stream_truncated ||
+        ec == beast::error::timeout || ec == net::error::operation_aborted ||
+        ec == net::error::connection_reset || ec == net::error::eof || buffer_.size() == 0) {
+      if (ec == beast::error::timeout && buffer_.size() > 0) {
+        Exchange ex;
+        ex.reason = "header_timeout";
+        co_await respond(408, "text/plain; charset=utf-8", "request header timeout\n", false, ex);
+      }
+      co_return false;
+    }
+    Exchange ex;
+    ex.reason = parse_error_reason(ec);
+    p_.services->metrics.bad_request();
+    const bool too_large = ec == http::error::header_limit;
+    auto body = json_error(too_large ? "header_too_large" : "bad_request", ex.reason);
+    co_await respond(too_large ? 431 : 400, "application/json", std::move(body), false, ex);
+    log_exchange(ex);
+    co_return false;
+  }
+  Exchange ex;
+  ex.method = std::string(parser.get().method_string());
+  const auto target = parser.get().target();
+  ex.path = std::string(target.substr(0, target.find('?')));
+  const bool keep_alive = co_await serve(parser, ex);
+  log_exchange(ex);
+  co_return keep_alive;
 }
 
 // Decides what to do with one request whose header has been read. Returns whether the
