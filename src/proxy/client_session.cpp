@@ -169,6 +169,10 @@ class Session {
   std::string peer_;
   std::uint64_t id_;
   std::string sni_;
+  // The client's identity and the headers it gives, worked out when a request first needs them:
+  // a connection that sends none holds neither. The certificates' DER, which only the headers
+  // use, is not kept.
+  const tls::PeerIdentity& identity();
   std::shared_ptr<const tls::PeerIdentity> identity_;
   tls::HeaderList identity_headers_;
   std::uint64_t revocation_generation_ = 0;
@@ -184,6 +188,18 @@ class Session {
   }
   std::optional<std::size_t> preread_;  // body bytes already in chunk_, not yet forwarded
 };
+
+const tls::PeerIdentity& Session::identity() {
+  if (!identity_) {
+    auto id = tls::extract_peer_identity(stream_.native_handle());
+    if (!id) id = std::make_shared<tls::PeerIdentity>();  // no peer: refused at the handshake
+    identity_headers_ = tls::identity_headers(cfg_.identity_headers, *id);
+    std::string().swap(id->leaf_der);
+    std::vector<std::string>().swap(id->chain_der);
+    identity_ = std::move(id);
+  }
+  return *identity_;
+}
 
 // Reads until buffer_ holds a whole header section (or the listener's header limit or
 // deadline is reached), checking the raw bytes on the way: see scan_header_section.
@@ -267,8 +283,9 @@ net::awaitable<bool> Session::handshake() {
       co_await stream_.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
   SSL* ssl = stream_.native_handle();
   if (!ec) {
-    identity_ = tls::extract_peer_identity(ssl);
-    if (!identity_) ec = net::error::access_denied;  // unreachable with FAIL_IF_NO_PEER_CERT
+    if (!SSL_get0_peer_certificate(ssl)) {
+      ec = net::error::access_denied;  // unreachable with FAIL_IF_NO_PEER_CERT
+    }
   }
   if (ec) {
     const auto result = classify_handshake_failure(ec, ssl);
@@ -308,9 +325,10 @@ net::awaitable<bool> Session::handshake() {
   }
   metrics.handshake(admin::HandshakeResult::ok, seconds_since(started));
   if (const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) sni_ = name;
-  identity_headers_ = tls::identity_headers(cfg_.identity_headers, *identity_);
-  spdlog::debug("handshake ok conn={} peer={} subject=\"{}\" serial={} resumed={}", id_, peer_,
-                identity_->subject, identity_->serial_hex, SSL_session_reused(ssl) == 1);
+  if (spdlog::should_log(spdlog::level::debug)) {
+    spdlog::debug("handshake ok conn={} peer={} subject=\"{}\" serial={} resumed={}", id_, peer_,
+                  identity().subject, identity().serial_hex, SSL_session_reused(ssl) == 1);
+  }
   co_return true;
 }
 
@@ -478,13 +496,13 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   }
   ex.route_upstream = route->upstream;
 
-  const auto decision = authz::authorize(*route, *identity_);
+  const auto decision = authz::authorize(*route, identity());
   if (!decision.allowed) {
     ex.reason = decision.reason;
     const auto label = route_label(*route);
     p_.services->metrics.authz_denied(cfg_.name, label, decision.reason);
     spdlog::info("request denied conn={} listener={} route={} reason={} subject=\"{}\" serial={}",
-                 id_, cfg_.name, label, decision.reason, identity_->subject, identity_->serial_hex);
+                 id_, cfg_.name, label, decision.reason, identity().subject, identity().serial_hex);
     auto body = json_error("forbidden", decision.reason);
     co_await respond(403, "application/json", std::move(body), keep_alive, ex);
     co_return keep_alive;
@@ -541,6 +559,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   const auto client_version = req.version();
   const bool websocket = !has_body && is_websocket_upgrade(req);
 
+  identity();
   prepare_upstream_request(req, client_ip_, identity_headers_);
   if (websocket) set_websocket_upgrade(req);
   if (parser.chunked()) req.chunked(true);
@@ -852,9 +871,9 @@ void Session::log_exchange(const Exchange& ex) {
       {"conn", id_},
       {"listener", cfg_.name},
       {"peer", peer_},
-      {"subject", identity_ ? identity_->subject : std::string()},
-      {"serial", identity_ ? identity_->serial_hex : std::string()},
-      {"fingerprint", identity_ ? identity_->fingerprint_sha256 : std::string()},
+      {"subject", identity().subject},
+      {"serial", identity().serial_hex},
+      {"fingerprint", identity().fingerprint_sha256},
       {"method", ex.method},
       {"path", ex.path},
       {"status", ex.status},

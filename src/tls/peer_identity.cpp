@@ -174,7 +174,7 @@ PeerIdentity identity_from_certificate(X509* leaf, const STACK_OF(X509) * chain_
   return id;
 }
 
-std::shared_ptr<const PeerIdentity> extract_peer_identity(const SSL* ssl) {
+std::shared_ptr<PeerIdentity> extract_peer_identity(const SSL* ssl) {
   X509* leaf = SSL_get0_peer_certificate(ssl);
   if (!leaf) return nullptr;
   // The verified chain is leaf first; what the upstream may want is what lies above the leaf.
@@ -187,7 +187,7 @@ std::shared_ptr<const PeerIdentity> extract_peer_identity(const SSL* ssl) {
       sk_X509_push(above.get(), cert);
     }
   }
-  return std::make_shared<const PeerIdentity>(identity_from_certificate(leaf, above.get()));
+  return std::make_shared<PeerIdentity>(identity_from_certificate(leaf, above.get()));
 }
 
 }  // namespace portcullis::tls

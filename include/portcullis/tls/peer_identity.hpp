@@ -39,7 +39,7 @@ struct PeerIdentity {
 
 // From a completed handshake (the verified chain when there is one). Null without a peer
 // certificate.
-std::shared_ptr<const PeerIdentity> extract_peer_identity(const SSL* ssl);
+std::shared_ptr<PeerIdentity> extract_peer_identity(const SSL* ssl);
 
 PeerIdentity identity_from_certificate(X509* leaf, const STACK_OF(X509) * chain_above_leaf);
 
