@@ -603,8 +603,11 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   for (int attempt = 0; attempt < 3 && !request_sent; ++attempt) {
     boost::system::error_code connect_error;
     try {
-      lease.emplace(
-          co_await p_.worker->pool().acquire(upstream, p_.services->upstream_health, tls, avoid));
+      // The first attempt of a request that may be sent again takes a recently pooled
+      // connection unchecked; a retry checks every one it takes.
+      lease.emplace(co_await p_.worker->pool().acquire(
+          upstream, p_.services->upstream_health, tls, avoid,
+          attempt == 0 && !carries_body && is_retry_safe(req.method())));
     } catch (const boost::system::system_error& e) {
       connect_error = e.code();
     }

@@ -76,7 +76,8 @@ net::awaitable<boost::system::error_code> ConnectionPool::resolve(const config::
 }
 
 net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, HealthTable& health,
-                                              const TlsClientContext* tls, std::string_view avoid) {
+                                              const TlsClientContext* tls, std::string_view avoid,
+                                              bool retries_if_closed) {
   const auto count = upstream.endpoints.size();
   const auto now = Clock::now();
   boost::system::error_code last_error = net::error::host_not_found;
@@ -113,8 +114,10 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
     while (!e.idle.empty()) {
       Idle candidate = std::move(e.idle.back());
       e.idle.pop_back();
-      if (now - candidate.since < upstream.idle_timeout &&
-          still_open(candidate.connection->next_layer().socket())) {
+      const auto idle_for = now - candidate.since;
+      if (idle_for < upstream.idle_timeout &&
+          ((retries_if_closed && idle_for < std::chrono::seconds(1)) ||
+           still_open(candidate.connection->next_layer().socket()))) {
         co_return Lease{std::move(candidate.connection), address.to_string(), true,
                         Outstanding(e.health), keys[i]};
       }

@@ -48,9 +48,14 @@ class ConnectionPool {
   // (the upstream's context in the current snapshot), connections are TLS: the handshake is
   // part of connecting, within the same timeout, and its failure counts as a connect failure;
   // connections are pooled per context, so a reload never reuses one made under old settings.
+  // An idle connection is checked before reuse (a non-blocking peek: the upstream may have
+  // closed it), except with `retries_if_closed`, when the caller sends the request again on a
+  // new connection should a reused one turn out closed: then one pooled less than a second ago
+  // is taken as it is, which spares a system call per request under steady load.
   boost::asio::awaitable<Lease> acquire(const config::Upstream& upstream, HealthTable& health,
                                         const TlsClientContext* tls = nullptr,
-                                        std::string_view avoid = {});
+                                        std::string_view avoid = {},
+                                        bool retries_if_closed = false);
 
   // Gives a connection whose last response was read completely back for reuse.
   void release(const config::Upstream& upstream, Lease lease);
