@@ -202,21 +202,20 @@ const tls::PeerIdentity& Session::identity() {
 }
 
 // Reads until buffer_ holds a whole header section (or the listener's header limit or
-// deadline is reached), checking the raw bytes on the way: see scan_header_section.
+// deadline is reached), checking the raw bytes on the way: see scan_header_section. Called with
+// bytes in buffer_ or the socket just seen readable, so its first read need not wait.
 net::awaitable<std::pair<boost::system::error_code, std::optional<Rejection>>>
 Session::read_header_section(std::chrono::milliseconds timeout) {
-  // The deadline cancels the read instead of letting the stream's own expiry close the socket,
-  // so that a client too slow to send its header still gets its 408.
+  // A header nearly always arrives whole in the first read, which the socket's expiry bounds
+  // (a client that sent nothing is closed at the deadline, silently). Once part of a header is
+  // here, a deadline timer bounds the reads instead: it cancels them rather than letting the
+  // socket's expiry close the connection, so a client too slow to send its header gets its 408.
   auto& lowest = beast::get_lowest_layer(stream_);
-  lowest.expires_after(timeout + std::chrono::seconds(5));
-  net::steady_timer deadline(stream_.get_executor(), timeout);
+  lowest.expires_after(timeout);
+  const auto due = net::steady_timer::clock_type::now() + timeout;
+  std::optional<net::steady_timer> deadline;
   bool expired = false;
-  deadline.async_wait([&lowest, &expired](boost::system::error_code ec) {
-    if (ec) return;
-    expired = true;
-    lowest.socket().cancel();
-  });
-  for (;;) {
+  for (bool first_pass = true;;) {
     const auto* data = static_cast<const char*>(buffer_.data().data());
     const auto size = std::min<std::size_t>(buffer_.size(), cfg_.max_header_bytes + 4);
     const auto scan = scan_header_section(std::string_view(data, size));
@@ -231,12 +230,21 @@ Session::read_header_section(std::chrono::milliseconds timeout) {
     }
     boost::system::error_code ec;
     std::size_t n = 0;
-    if (buffer_.size() == 0) {
-      // Between requests a connection holds no read buffer: wait for the client's next bytes
-      // first (this also spares the read that would only find the socket empty).
-      buffer_.shrink_to_fit();
+    if (!deadline && (!first_pass || buffer_.size() != 0)) {
+      lowest.expires_after(due - net::steady_timer::clock_type::now() + std::chrono::seconds(5));
+      deadline.emplace(stream_.get_executor(), due);
+      deadline->async_wait([&lowest, &expired](boost::system::error_code wait_ec) {
+        if (wait_ec) return;
+        expired = true;
+        lowest.socket().cancel();
+      });
+    }
+    if (buffer_.size() == 0 && !first_pass) {
+      // A read that brought nothing (a TLS record without data): wait for more before the next
+      // one. At the first pass Session::run has just seen the socket readable.
       std::tie(ec) = co_await stream_.async_wait_readable(net::as_tuple(net::use_awaitable));
     }
+    first_pass = false;
     if (!ec) {
       std::tie(ec, n) = co_await stream_.async_read_some(buffer_.prepare(4096),
                                                          net::as_tuple(net::use_awaitable));
