@@ -149,7 +149,7 @@ class Session {
   net::awaitable<bool> handshake();
   net::awaitable<revocation::Verdict> revocation_verdict(const revocation::Checker& checker);
   net::awaitable<std::pair<boost::system::error_code, std::optional<Rejection>>>
-  read_header_section(std::chrono::milliseconds timeout);
+  read_header_section(Clock::time_point due);
   net::awaitable<boost::system::error_code> read_first_body_piece(
       http::request_parser<http::buffer_body>& parser);
   net::awaitable<bool> exchange(Worker::Handle handle, Clock::time_point deadline);
@@ -205,14 +205,13 @@ const tls::PeerIdentity& Session::identity() {
 // deadline is reached), checking the raw bytes on the way: see scan_header_section. Called with
 // bytes in buffer_ or the socket just seen readable, so its first read need not wait.
 net::awaitable<std::pair<boost::system::error_code, std::optional<Rejection>>>
-Session::read_header_section(std::chrono::milliseconds timeout) {
+Session::read_header_section(Clock::time_point due) {
   // A header nearly always arrives whole in the first read, which the socket's expiry bounds
   // (a client that sent nothing is closed at the deadline, silently). Once part of a header is
   // here, a deadline timer bounds the reads instead: it cancels them rather than letting the
   // socket's expiry close the connection, so a client too slow to send its header gets its 408.
   auto& lowest = beast::get_lowest_layer(stream_);
-  lowest.expires_after(timeout);
-  const auto due = net::steady_timer::clock_type::now() + timeout;
+  lowest.expires_after(due - Clock::now());
   std::optional<net::steady_timer> deadline;
   bool expired = false;
   for (bool first_pass = true;;) {
@@ -231,7 +230,7 @@ Session::read_header_section(std::chrono::milliseconds timeout) {
     boost::system::error_code ec;
     std::size_t n = 0;
     if (!deadline && (!first_pass || buffer_.size() != 0)) {
-      lowest.expires_after(due - net::steady_timer::clock_type::now() + std::chrono::seconds(5));
+      lowest.expires_after(due - Clock::now() + std::chrono::seconds(5));
       deadline.emplace(stream_.get_executor(), due);
       deadline->async_wait([&lowest, &expired](boost::system::error_code wait_ec) {
         if (wait_ec) return;
@@ -403,8 +402,7 @@ net::awaitable<bool> Session::exchange(Worker::Handle handle, Clock::time_point 
   http::request_parser<http::buffer_body> parser;
   parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
   parser.body_limit(boost::none);
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-  auto [ec, rejection] = co_await read_header_section(std::max(left, std::chrono::milliseconds(1)));
+  auto [ec, rejection] = co_await read_header_section(deadline);
   handle->idle = false;
   if (rejection) {
     Exchange ex;
