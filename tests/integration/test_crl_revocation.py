@@ -133,7 +133,8 @@ class CrlEnforcement(unittest.TestCase):
     def test_revoked_leaf_refused_with_certificate_revoked_alert(self):
         before = self.gateway.metric('portcullis_handshakes_total{result="revoked"}')
         self.assert_refused(self.revoked, "revoked")
-        self.assertGreater(self.gateway.metric('portcullis_handshakes_total{result="revoked"}'), before)
+        wait_for(lambda: self.gateway.metric('portcullis_handshakes_total{result="revoked"}') > before,
+                 what="the refused handshake counted")
 
     def test_revoked_intermediate_refuses_its_leaves(self):
         self.assert_refused(self.under_revoked_ca, "revoked")
@@ -330,7 +331,8 @@ class PolicyWithoutCrl(unittest.TestCase):
             code, status, _, err = curl(gw.port, self.good["chain"], self.good["key"], self.pki.root.cert)
             self.assertIsNone(status)
             self.assertEqual(self.upstream.requests(), before)
-            self.assertGreater(gw.metric('portcullis_handshakes_total{result="revocation_unknown"}'), 0)
+            wait_for(lambda: gw.metric('portcullis_handshakes_total{result="revocation_unknown"}') > 0,
+                     what="the refused handshake counted")
             code, out = check_cert(gw, self.good)
             self.assertEqual(code, 1, out)
             self.assertIn("revocation_unknown", out)

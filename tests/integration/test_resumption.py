@@ -10,7 +10,7 @@ import tempfile
 import unittest
 
 from crl_fixtures import CertificateAuthority, CrlServer
-from gateway_fixture import EchoUpstream, Gateway, http_post
+from gateway_fixture import EchoUpstream, Gateway, http_post, wait_for
 from test_crl_revocation import crl_source_status, read_response, refresh_and_wait
 
 
@@ -100,7 +100,8 @@ class ResumptionHonoursRevocation(unittest.TestCase):
         status, _, _ = exchange(context, gateway.port, session)
         self.assertNotIn("200", status, "a revoked client must not resume its session")
         self.assertEqual(self.upstream.requests(), before, "the upstream must see nothing")
-        self.assertEqual(gateway.metric('portcullis_handshakes_total{result="revoked"}'), revoked_before + 1)
+        wait_for(lambda: gateway.metric('portcullis_handshakes_total{result="revoked"}') == revoked_before + 1,
+                 what="the refused handshake counted")
 
     def test_ticket_resumption_after_revocation_is_refused(self):
         self.assert_resumption_refused_after_revocation("ticket-client", "", tls12=False)
