@@ -357,6 +357,10 @@ class RevocationOnReload(unittest.TestCase):
         self.gateway = Gateway(self.pki.server["chain"], self.pki.server["key"], self.truststore,
                                self.upstream.port, extra=self.revocation)
         self.addCleanup(self.gateway.stop)
+        # With on_unknown: allow the gateway is ready before its CRLs are read: the tests below
+        # start from the CRL files as they are now.
+        wait_for(lambda: crl_source_status(self.gateway, self.inter_crl)["loaded"],
+                 what="the intermediate's CRL file read")
 
     def reload(self):
         return http_post(f"http://127.0.0.1:{self.gateway.admin_port}/reload")
