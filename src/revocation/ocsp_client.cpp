@@ -292,6 +292,17 @@ net::awaitable<void> OcspClient::Impl::run_query(std::pair<std::string, std::str
 void OcspClient::Impl::join(OcspQuery query, std::function<void()> waiter) {
   const auto view = key_view(query.cert.get(), query.issuer.get());
   std::pair<std::string, std::string> key{std::string(view.issuer_key), std::string(view.serial)};
+  if (waiter && !in_flight.count(key)) {
+    // A connection that missed the cache just before a query for the same certificate ended
+    // finds its answer here rather than asking again.
+    std::shared_lock lock(cache_mutex);
+    const auto cached = cache.find(view);
+    if (cached != cache.end() && now() < cached->second.expires) {
+      lock.unlock();
+      waiter();
+      return;
+    }
+  }
   auto [it, inserted] = in_flight.try_emplace(key);
   if (waiter) it->second.waiters.push_back(std::move(waiter));
   if (inserted) net::co_spawn(io, run_query(std::move(key), std::move(query)), net::detached);
