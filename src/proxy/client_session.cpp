@@ -13,6 +13,8 @@
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -28,6 +30,7 @@
 
 #include <chrono>
 #include <optional>
+#include <utility>
 
 namespace portcullis::proxy {
 
@@ -143,7 +146,16 @@ class Session {
         peer_(std::move(peer)),
         id_(p_.services->next_connection_id.fetch_add(1, std::memory_order_relaxed)) {}
 
-  net::awaitable<void> run();
+  ~Session() {
+    if (handle_) p_.worker->untrack(*handle_);
+  }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Serves the connection until it closes (false), or until it waits for its next request
+  // with nothing buffered (true): the caller then parks it, and calls run() again when the
+  // socket is readable.
+  net::awaitable<bool> run();
 
  private:
   net::awaitable<bool> handshake();
@@ -186,7 +198,11 @@ class Session {
     if (chunk_.empty()) chunk_.resize(relay_chunk_size);
     return chunk_;
   }
-  std::optional<std::size_t> preread_;  // body bytes already in chunk_, not yet forwarded
+  std::optional<std::size_t> preread_;    // body bytes already in chunk_, not yet forwarded
+  std::optional<Worker::Handle> handle_;  // tracked by the worker once the handshake is done
+  bool first_ = true;                     // no request read yet
+  bool parked_ = false;                   // run() returned true and was not called again
+  Clock::time_point deadline_{};          // for the next request's header
 };
 
 const tls::PeerIdentity& Session::identity() {
@@ -359,41 +375,40 @@ net::awaitable<revocation::Verdict> Session::revocation_verdict(
   co_return revocation::check_peer(checker, ssl, trust);
 }
 
-net::awaitable<void> Session::run() {
-  if (!co_await handshake()) co_return;
-
-  auto& worker = *p_.worker;
-  const auto handle = worker.track(beast::get_lowest_layer(stream_));
-  struct Untrack {
-    Worker& w;
-    Worker::Handle h;
-    ~Untrack() { w.untrack(h); }
-  } untrack{worker, handle};
-
-  bool first = true;
+net::awaitable<bool> Session::run() {
+  if (!handle_) {
+    if (!co_await handshake()) co_return false;
+    handle_ = p_.worker->track(beast::get_lowest_layer(stream_));
+  }
   for (;;) {
-    // A draining gateway answers the request in progress, then closes; the first request of a
-    // fresh connection is still served so that a handshake never ends in silence.
-    if (!first && p_.services->draining.load(std::memory_order_relaxed)) break;
-    handle->idle = true;
-    const auto timeout = first ? cfg_.header_timeout : cfg_.idle_timeout;
-    const auto deadline = Clock::now() + timeout;
-    if (buffer_.size() == 0) {
-      // Between requests a connection waits here, in this small frame: no parser, no read
-      // buffer and no header deadline of its own. If nothing comes, the socket's expiry closes
-      // it, as a header timeout with nothing received does.
-      buffer_.shrink_to_fit();
-      beast::get_lowest_layer(stream_).expires_after(timeout);
-      auto [ec] = co_await stream_.async_wait_readable(net::as_tuple(net::use_awaitable));
-      if (ec) co_return;  // timed out or drained: the socket is closed
+    if (parked_) {
+      // Back from the park: the socket is readable, or holds the peer's close.
+      parked_ = false;
+    } else {
+      // A draining gateway answers the request in progress, then closes; the first request of
+      // a fresh connection is still served so that a handshake never ends in silence.
+      if (!first_ && p_.services->draining.load(std::memory_order_relaxed)) break;
+      (*handle_)->idle = true;
+      const auto timeout = first_ ? cfg_.header_timeout : cfg_.idle_timeout;
+      deadline_ = Clock::now() + timeout;
+      if (buffer_.size() == 0) {
+        // Between requests a connection waits parked, with no coroutine frame, parser, read
+        // buffer or header deadline of its own. If nothing comes, the socket's expiry closes
+        // it, as a header timeout with nothing received does.
+        buffer_.shrink_to_fit();
+        beast::get_lowest_layer(stream_).expires_after(timeout);
+        parked_ = true;
+        co_return true;
+      }
     }
-    const bool keep_alive = co_await exchange(handle, deadline);
-    first = false;
+    const bool keep_alive = co_await exchange(*handle_, deadline_);
+    first_ = false;
     if (!keep_alive) break;
   }
 
   beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
   co_await stream_.async_shutdown(net::as_tuple(net::use_awaitable));
+  co_return false;
 }
 
 // One request on the connection, from its header (whose first bytes may already be here) to
@@ -896,19 +911,68 @@ void Session::log_exchange(const Exchange& ex) {
   p_.services->access_log->info(boost::json::serialize(line));
 }
 
+// Counts the connection closed, once, when the last owner of it goes.
+class ConnectionCount {
+ public:
+  ConnectionCount(Services& services, std::shared_ptr<std::atomic<int>> listener)
+      : services_(&services), listener_(std::move(listener)) {}
+  ConnectionCount(ConnectionCount&& other) noexcept
+      : services_(std::exchange(other.services_, nullptr)), listener_(std::move(other.listener_)) {}
+  ConnectionCount& operator=(ConnectionCount&&) = delete;
+  ~ConnectionCount() {
+    if (!services_) return;
+    services_->metrics.connection_closed();
+    if (listener_) listener_->fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  Services* services_;
+  std::shared_ptr<std::atomic<int>> listener_;
+};
+
+// A connection's state, on the heap so that it outlives the coroutine serving it: an idle
+// connection is only this and the readiness wait that owns it.
+struct Connection {
+  Connection(ConnectionCount counted, tcp::socket socket, SessionParams params,
+             std::string client_ip, std::string peer)
+      : count(std::move(counted)),
+        stream(std::move(socket), *params.listener->ssl),
+        session(std::move(params), stream, std::move(client_ip), std::move(peer)) {}
+
+  ConnectionCount count;  // destroyed last, once the socket is closed
+  ClientStream stream;
+  Session session;
+};
+
+void park(std::unique_ptr<Connection> connection);
+
+// Serves until the connection closes or goes idle; an idle one is parked.
+net::awaitable<void> serve(std::unique_ptr<Connection> connection) {
+  bool idle = false;
+  try {
+    idle = co_await connection->session.run();
+  } catch (const std::exception& e) {
+    spdlog::error("session ended by unexpected error: {}", e.what());
+  }
+  if (idle) park(std::move(connection));
+}
+
+void park(std::unique_ptr<Connection> connection) {
+  auto& stream = connection->stream;
+  stream.async_wait_readable(
+      [connection = std::move(connection)](boost::system::error_code ec) mutable {
+        // An error is the idle deadline or a drain, which closed the socket: the connection ends
+        // here.
+        if (ec) return;
+        auto executor = connection->stream.get_executor();
+        net::co_spawn(executor, serve(std::move(connection)), net::detached);
+      });
+}
+
 }  // namespace
 
 net::awaitable<void> run_client_session(tcp::socket socket, SessionParams params) {
-  auto& services = *params.services;
-  struct Count {
-    Services& s;
-    std::shared_ptr<std::atomic<int>> listener;
-    ~Count() {
-      s.metrics.connection_closed();
-      if (listener) listener->fetch_sub(1, std::memory_order_relaxed);
-    }
-  } count{services, params.listener_connections};
-
+  ConnectionCount count(*params.services, params.listener_connections);
   boost::system::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
   if (ec) co_return;
@@ -916,14 +980,9 @@ net::awaitable<void> run_client_session(tcp::socket socket, SessionParams params
   auto peer = (remote.address().is_v6() ? "[" + client_ip + "]" : client_ip) + ":" +
               std::to_string(remote.port());
   socket.set_option(tcp::no_delay(true), ec);
-
-  ClientStream stream(std::move(socket), *params.listener->ssl);
-  try {
-    Session session(std::move(params), stream, std::move(client_ip), std::move(peer));
-    co_await session.run();
-  } catch (const std::exception& e) {
-    spdlog::error("session ended by unexpected error: {}", e.what());
-  }
+  co_await serve(std::make_unique<Connection>(std::move(count), std::move(socket),
+                                              std::move(params), std::move(client_ip),
+                                              std::move(peer)));
 }
 
 }  // namespace portcullis::proxy

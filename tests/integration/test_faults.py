@@ -514,6 +514,37 @@ class ClientFaults(GatewayCase):
                  what="four handshake timeouts counted")
         self.assert_survived(gw, fds)
 
+    def test_idle_connections_are_served_again_and_closed_at_their_timeouts(self):
+        gw = self.gateway
+        fds = self.baseline(gw)
+
+        def closed_after(conn):
+            started = time.monotonic()
+            try:
+                self.assertEqual(conn.sock.recv(4096), b"")
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+            return time.monotonic() - started
+
+        before = UPSTREAM.requests()
+        with TlsConnection(gw.port, self.context, 10) as conn:
+            # Each response is read before the next request goes: the gateway waits idle in
+            # between, and must take every request up again.
+            for i in range(5):
+                status, _, _ = conn.request(get(f"/again/{i}"))
+                self.assertEqual(status, 200)
+            took = closed_after(conn)
+        self.assertEqual(UPSTREAM.requests(), before + 5)
+        self.assertGreater(took, 1.5, "closed before the idle timeout (2s)")
+        self.assertLess(took, 5)
+        # A connection that sends nothing after its handshake has the header timeout (1s).
+        with TlsConnection(gw.port, self.context, 10) as conn:
+            took = closed_after(conn)
+        self.assertGreater(took, 0.5)
+        self.assertLess(took, 3, "held past the header timeout")
+        wait_for(lambda: gw.metric("portcullis_connections_active") == 0, what="both closed")
+        self.assert_survived(gw, fds)
+
     def test_slowloris_header_is_cut_off_at_the_header_timeout_however_it_drips(self):
         gw = self.gateway
         fds = self.baseline(gw)

@@ -43,11 +43,13 @@ class Worker {
   void drain_idle();
 
  private:
+  // Declared first, so destroyed last: connections still parked in io_ untrack themselves when
+  // io_ destroys them.
+  std::list<Tracked> sessions_;
   boost::asio::io_context io_{1};
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
   std::thread thread_;
   upstream::ConnectionPool pool_;
-  std::list<Tracked> sessions_;
 };
 
 }  // namespace portcullis::proxy
