@@ -138,11 +138,11 @@ struct Exchange {
 
 class Session {
  public:
-  Session(SessionParams params, ClientStream& stream, std::string client_ip, std::string peer)
+  // `peer` is the client's address and port, as "192.0.2.1:40000" or "[2001:db8::1]:40000".
+  Session(SessionParams params, ClientStream& stream, std::string peer)
       : p_(std::move(params)),
         cfg_(*p_.listener->config),
         stream_(stream),
-        client_ip_(std::move(client_ip)),
         peer_(std::move(peer)),
         id_(p_.services->next_connection_id.fetch_add(1, std::memory_order_relaxed)) {}
 
@@ -177,10 +177,18 @@ class Session {
   SessionParams p_;
   const config::Listener& cfg_;
   ClientStream& stream_;
-  std::string client_ip_;
   std::string peer_;
   std::uint64_t id_;
-  std::string sni_;
+  // Read from what the connection already holds rather than kept twice.
+  std::string_view client_ip() const {
+    auto ip = std::string_view(peer_).substr(0, peer_.rfind(':'));
+    if (!ip.empty() && ip.front() == '[') ip = ip.substr(1, ip.size() - 2);
+    return ip;
+  }
+  std::string_view sni() {
+    const char* name = SSL_get_servername(stream_.native_handle(), TLSEXT_NAMETYPE_host_name);
+    return name ? name : "";
+  }
   // The client's identity and the headers it gives, worked out when a request first needs them:
   // a connection that sends none holds neither. The certificates' DER, which only the headers
   // use, is not kept.
@@ -347,7 +355,6 @@ net::awaitable<bool> Session::handshake() {
     if (SSL_session_reused(ssl)) metrics.resumed_handshake(tls::resumed_under_stamp(ssl));
   }
   metrics.handshake(admin::HandshakeResult::ok, seconds_since(started));
-  if (const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) sni_ = name;
   if (spdlog::should_log(spdlog::level::debug)) {
     spdlog::debug("handshake ok conn={} peer={} subject=\"{}\" serial={} resumed={}", id_, peer_,
                   identity().subject, identity().serial_hex, SSL_session_reused(ssl) == 1);
@@ -498,7 +505,7 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
     revocation_generation_ = generation;
   }
 
-  if (auto rejection = validate_request(req, sni_)) {
+  if (auto rejection = validate_request(req, sni())) {
     p_.services->metrics.bad_request();
     ex.reason = rejection->reason;
     auto body = json_error("bad_request", rejection->reason);
@@ -508,7 +515,7 @@ net::awaitable<bool> Session::serve(http::request_parser<http::buffer_body>& par
   }
 
   const auto host = host_of(req[http::field::host]);
-  const auto* route = select_route(cfg_, host.empty() ? sni_ : host, ex.path);
+  const auto* route = select_route(cfg_, host.empty() ? sni() : host, ex.path);
   if (!route) {
     ex.reason = "no_route";
     auto body = json_error("not_found", "no_route");
@@ -581,7 +588,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   const bool websocket = !has_body && is_websocket_upgrade(req);
 
   identity();
-  prepare_upstream_request(req, client_ip_, identity_headers_);
+  prepare_upstream_request(req, client_ip(), identity_headers_);
   if (websocket) set_websocket_upgrade(req);
   if (parser.chunked()) req.chunked(true);
 
@@ -647,7 +654,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
     ex.endpoint = lease->endpoint;
     // HTTP/1.0 allows a request without Host; it goes upstream as HTTP/1.1, which does not.
     if (req[http::field::host].empty())
-      req.set(http::field::host, sni_.empty() ? ex.endpoint : sni_);
+      req.set(http::field::host, sni().empty() ? std::string_view(ex.endpoint) : sni());
 
     auto sent =
         co_await relay_message(stream_, buffer_, parser, lease->stream(), true, cfg_.idle_timeout,
@@ -933,11 +940,10 @@ class ConnectionCount {
 // A connection's state, on the heap so that it outlives the coroutine serving it: an idle
 // connection is only this and the readiness wait that owns it.
 struct Connection {
-  Connection(ConnectionCount counted, tcp::socket socket, SessionParams params,
-             std::string client_ip, std::string peer)
+  Connection(ConnectionCount counted, tcp::socket socket, SessionParams params, std::string peer)
       : count(std::move(counted)),
         stream(std::move(socket), *params.listener->ssl),
-        session(std::move(params), stream, std::move(client_ip), std::move(peer)) {}
+        session(std::move(params), stream, std::move(peer)) {}
 
   ConnectionCount count;  // destroyed last, once the socket is closed
   ClientStream stream;
@@ -959,14 +965,13 @@ net::awaitable<void> serve(std::unique_ptr<Connection> connection) {
 
 void park(std::unique_ptr<Connection> connection) {
   auto& stream = connection->stream;
-  stream.async_wait_readable(
-      [connection = std::move(connection)](boost::system::error_code ec) mutable {
-        // An error is the idle deadline or a drain, which closed the socket: the connection ends
-        // here.
-        if (ec) return;
-        auto executor = connection->stream.get_executor();
-        net::co_spawn(executor, serve(std::move(connection)), net::detached);
-      });
+  stream.wait_readable([connection = std::move(connection)](boost::system::error_code ec) mutable {
+    // An error is the idle deadline or a drain, which closed the socket: the connection ends
+    // here.
+    if (ec) return;
+    auto executor = connection->stream.get_executor();
+    net::co_spawn(executor, serve(std::move(connection)), net::detached);
+  });
 }
 
 }  // namespace
@@ -976,13 +981,12 @@ net::awaitable<void> run_client_session(tcp::socket socket, SessionParams params
   boost::system::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
   if (ec) co_return;
-  auto client_ip = remote.address().to_string();
-  auto peer = (remote.address().is_v6() ? "[" + client_ip + "]" : client_ip) + ":" +
-              std::to_string(remote.port());
+  const auto ip = remote.address().to_string();
+  auto peer =
+      (remote.address().is_v6() ? "[" + ip + "]" : ip) + ":" + std::to_string(remote.port());
   socket.set_option(tcp::no_delay(true), ec);
   co_await serve(std::make_unique<Connection>(std::move(count), std::move(socket),
-                                              std::move(params), std::move(client_ip),
-                                              std::move(peer)));
+                                              std::move(params), std::move(peer)));
 }
 
 }  // namespace portcullis::proxy

@@ -118,18 +118,19 @@ int index_of(net::socket_base::wait_type direction) {
 }  // namespace
 
 struct TimedSocket::State {
-  explicit State(tcp::socket s)
-      : socket(std::move(s)),
-        timers{net::steady_timer(socket.get_executor()), net::steady_timer(socket.get_executor())} {
-  }
+  explicit State(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {}
 
   tcp::socket socket;
-  // Per direction (read, write), as one read and one write may wait at once.
-  std::array<net::steady_timer, 2> timers;
-  std::array<bool, 2> waiting{};
-  std::array<bool, 2> timed_out{};
-  std::array<unsigned, 2> ticks{};  // tells a stale timer handler from the current one
+  // One timer for both directions, which share the deadline. It is set lazily: a deadline
+  // moved later leaves it as it is, and when it fires early it is set again for the deadline
+  // then in force, so most requests set no timer at all.
+  net::steady_timer timer;
   clock::time_point deadline = clock::time_point::max();
+  clock::time_point armed_for = clock::time_point::max();  // the timer's expiry while armed
+  unsigned tick = 0;  // tells a stale timer handler from the current one
+  bool armed = false;
+  std::array<bool, 2> waiting{};  // read, write: one of each may wait at once
+  std::array<bool, 2> timed_out{};
 };
 
 TimedSocket::TimedSocket(tcp::socket socket) : state_(std::make_shared<State>(std::move(socket))) {}
@@ -143,17 +144,25 @@ tcp::socket& TimedSocket::socket() noexcept {
 }
 
 TimedSocket::~TimedSocket() {
-  for (auto& timer : state_->timers) timer.cancel();
+  state_->timer.cancel();
 }
 
-void TimedSocket::arm(const std::shared_ptr<State>& state, int i) {
-  const auto tick = ++state->ticks[i];
-  state->timers[i].expires_at(state->deadline);
-  state->timers[i].async_wait([state, i, tick](boost::system::error_code ec) {
-    if (ec || !state->waiting[i] || state->ticks[i] != tick) return;
+void TimedSocket::arm(const std::shared_ptr<State>& state) {
+  if (state->deadline == clock::time_point::max()) return;
+  if (state->armed && state->armed_for <= state->deadline) return;
+  const auto tick = ++state->tick;
+  state->armed = true;
+  state->armed_for = state->deadline;
+  state->timer.expires_at(state->deadline);  // a wait already set ends, with a stale tick
+  state->timer.async_wait([state, tick](boost::system::error_code ec) {
+    if (state->tick != tick) return;
+    state->armed = false;
+    if (ec) return;
+    if (!state->waiting[0] && !state->waiting[1]) return;   // the next wait arms it again
+    if (clock::now() < state->deadline) return arm(state);  // moved later meanwhile
     // As Beast's tcp_stream: a connection past its deadline is closed, and the waiting
-    // operation ends with a timeout.
-    state->timed_out[i] = true;
+    // operations end with a timeout.
+    state->timed_out = state->waiting;
     boost::system::error_code ignored;
     state->socket.close(ignored);
   });
@@ -161,18 +170,12 @@ void TimedSocket::arm(const std::shared_ptr<State>& state, int i) {
 
 void TimedSocket::expires_after(clock::duration after) {
   state_->deadline = clock::now() + after;
-  for (int i = 0; i < 2; ++i) {
-    if (state_->waiting[i]) arm(state_, i);
-  }
+  if (state_->waiting[0] || state_->waiting[1]) arm(state_);
 }
 
 void TimedSocket::expires_never() {
+  // A timer still set fires once more, and finds nothing to do.
   state_->deadline = clock::time_point::max();
-  for (int i = 0; i < 2; ++i) {
-    if (!state_->waiting[i]) continue;
-    ++state_->ticks[i];
-    state_->timers[i].cancel();
-  }
 }
 
 void TimedSocket::close() {
@@ -184,16 +187,12 @@ void TimedSocket::begin_wait(net::socket_base::wait_type direction) {
   const int i = index_of(direction);
   state_->waiting[i] = true;
   state_->timed_out[i] = false;
-  if (state_->deadline != clock::time_point::max()) arm(state_, i);
+  arm(state_);
 }
 
 void TimedSocket::end_wait(net::socket_base::wait_type direction, boost::system::error_code& ec) {
   const int i = index_of(direction);
   state_->waiting[i] = false;
-  if (state_->deadline != clock::time_point::max()) {
-    ++state_->ticks[i];
-    state_->timers[i].cancel();
-  }
   if (state_->timed_out[i]) {
     state_->timed_out[i] = false;
     ec = boost::beast::error::timeout;

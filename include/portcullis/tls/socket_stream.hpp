@@ -53,14 +53,15 @@ class TimedSocket {
   void expires_never();
   void close();
 
-  // Used by the stream's operations around each readiness wait: begin_wait arms the deadline,
-  // end_wait disarms it and turns an abort the deadline caused into beast::error::timeout.
+  // Used by the stream's operations around each readiness wait: begin_wait makes the deadline
+  // apply, end_wait turns an abort the deadline caused into beast::error::timeout.
   void begin_wait(boost::asio::socket_base::wait_type direction);
   void end_wait(boost::asio::socket_base::wait_type direction, boost::system::error_code& ec);
 
  private:
   struct State;
-  static void arm(const std::shared_ptr<State>& state, int direction);
+  // Makes sure the timer fires no later than the deadline while a wait is outstanding.
+  static void arm(const std::shared_ptr<State>& state);
   // Shared with the deadline's timer handlers, which may run after the socket is gone.
   std::shared_ptr<State> state_;
 };
@@ -110,6 +111,26 @@ class SocketStream {
           return Want::read;
         },
         std::forward<Token>(token));
+  }
+
+  // As async_wait_readable, for a plain callback `void(error_code)`: no composed operation
+  // or work guard around it, the smallest wait an idle connection can be left in. The
+  // callback may own this stream.
+  template <class Handler>
+  void wait_readable(Handler handler) {
+    if (SSL_has_pending(ssl_) == 1) {
+      boost::asio::post(get_executor(), [handler = std::move(handler)]() mutable {
+        std::move(handler)(boost::system::error_code{});
+      });
+      return;
+    }
+    next_.begin_wait(boost::asio::socket_base::wait_read);
+    next_.socket().async_wait(
+        boost::asio::socket_base::wait_read,
+        [this, handler = std::move(handler)](boost::system::error_code ec) mutable {
+          next_.end_wait(boost::asio::socket_base::wait_read, ec);
+          std::move(handler)(ec);
+        });
   }
 
   template <class MutableBuffers, class Token>

@@ -251,6 +251,31 @@ TEST_CASE("a deadline moved while an operation waits applies at once", "[socket_
   CHECK(read_error == boost::beast::error::timeout);
 }
 
+TEST_CASE("a deadline moved later while an operation waits applies when it passes",
+          "[socket_stream]") {
+  Pair pair;
+  pair.handshake();
+  error_code read_error;
+  const auto started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::duration took{};
+  net::steady_timer later(pair.io, 20ms);
+  pair.run(
+      [&]() -> net::awaitable<void> {
+        pair.server->next_layer().expires_after(50ms);
+        std::array<char, 16> buf;
+        std::tie(read_error, std::ignore) =
+            co_await pair.server->async_read_some(net::buffer(buf), tuple);
+        took = std::chrono::steady_clock::now() - started;
+      }(),
+      [&]() -> net::awaitable<void> {
+        co_await later.async_wait(tuple);
+        pair.server->next_layer().expires_after(300ms);
+      }());
+  CHECK(read_error == boost::beast::error::timeout);
+  CHECK(took >= 300ms);  // not at the first deadline, when the timer first fires
+  CHECK(took < 5s);
+}
+
 TEST_CASE("expires_never lifts a deadline, even during a wait", "[socket_stream]") {
   Pair pair;
   pair.handshake();
@@ -299,17 +324,19 @@ TEST_CASE("cancel ends a wait with operation_aborted and the connection goes on"
   CHECK(got == "after");
 }
 
-TEST_CASE("async_wait_readable waits for the peer, or not at all when OpenSSL holds bytes",
-          "[socket_stream]") {
-  Pair pair;
-  pair.handshake();
+namespace {
+
+// `wait` waits for the server side to become readable: it must complete when the peer sends,
+// at once when OpenSSL already holds bytes, and with timeout when the deadline passes.
+template <class Wait>
+void check_readable_wait(Pair& pair, Wait wait) {
   bool sent = false;
   bool ready_before_send = false;
   std::string got;
   net::steady_timer later(pair.io, 30ms);
   pair.run(
       [&]() -> net::awaitable<void> {
-        auto [ec] = co_await pair.server->async_wait_readable(tuple);
+        auto ec = co_await wait();
         REQUIRE_FALSE(ec);
         ready_before_send = !sent;
         // Two records arrive in one recv; reading one byte leaves the rest inside OpenSSL,
@@ -319,17 +346,17 @@ TEST_CASE("async_wait_readable waits for the peer, or not at all when OpenSSL ho
         std::tie(ec, n) = co_await pair.server->async_read_some(net::buffer(&one, 1), tuple);
         REQUIRE_FALSE(ec);
         got += one;
-        std::tie(ec) = co_await pair.server->async_wait_readable(tuple);
+        ec = co_await wait();
         REQUIRE_FALSE(ec);
         std::array<char, 64> buf;
-        std::tie(ec, n) = co_await pair.server->async_read_some(net::buffer(buf), tuple);
-        REQUIRE_FALSE(ec);
-        got.append(buf.data(), n);
         while (got.size() < 6) {
           std::tie(ec, n) = co_await pair.server->async_read_some(net::buffer(buf), tuple);
           REQUIRE_FALSE(ec);
           got.append(buf.data(), n);
         }
+        pair.server->next_layer().expires_after(20ms);
+        ec = co_await wait();
+        CHECK(ec == boost::beast::error::timeout);
       }(),
       [&]() -> net::awaitable<void> {
         co_await later.async_wait(tuple);
@@ -339,6 +366,36 @@ TEST_CASE("async_wait_readable waits for the peer, or not at all when OpenSSL ho
       }());
   CHECK_FALSE(ready_before_send);
   CHECK(got == "abcdef");
+  CHECK_FALSE(pair.server->next_layer().socket().is_open());
+}
+
+}  // namespace
+
+TEST_CASE("async_wait_readable waits for the peer, or not at all when OpenSSL holds bytes",
+          "[socket_stream]") {
+  Pair pair;
+  pair.handshake();
+  check_readable_wait(pair, [&]() -> net::awaitable<error_code> {
+    auto [ec] = co_await pair.server->async_wait_readable(tuple);
+    co_return ec;
+  });
+}
+
+TEST_CASE("wait_readable calls back when the peer sends, or at once when OpenSSL holds bytes",
+          "[socket_stream]") {
+  Pair pair;
+  pair.handshake();
+  check_readable_wait(pair, [&]() -> net::awaitable<error_code> {
+    // Resumes this coroutine when the callback is called.
+    net::steady_timer called(pair.io, net::steady_timer::time_point::max());
+    error_code result = net::error::would_block;
+    pair.server->wait_readable([&](error_code ec) {
+      result = ec;
+      called.cancel();
+    });
+    co_await called.async_wait(tuple);
+    co_return result;
+  });
 }
 
 TEST_CASE("writes to a peer that has gone fail on the connection, not the process",
