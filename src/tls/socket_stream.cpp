@@ -154,18 +154,19 @@ void TimedSocket::arm(const std::shared_ptr<State>& state) {
   state->armed = true;
   state->armed_for = state->deadline;
   state->timer.expires_at(state->deadline);  // a wait already set ends, with a stale tick
-  state->timer.async_wait([state, tick](boost::system::error_code ec) {
-    if (state->tick != tick) return;
-    state->armed = false;
-    if (ec) return;
-    if (!state->waiting[0] && !state->waiting[1]) return;   // the next wait arms it again
-    if (clock::now() < state->deadline) return arm(state);  // moved later meanwhile
-    // As Beast's tcp_stream: a connection past its deadline is closed, and the waiting
-    // operations end with a timeout.
-    state->timed_out = state->waiting;
-    boost::system::error_code ignored;
-    state->socket.close(ignored);
-  });
+  state->timer.async_wait(boost::asio::bind_allocator(
+      ExactAllocator<void>(), [state, tick](boost::system::error_code ec) {
+        if (state->tick != tick) return;
+        state->armed = false;
+        if (ec) return;
+        if (!state->waiting[0] && !state->waiting[1]) return;   // the next wait arms it again
+        if (clock::now() < state->deadline) return arm(state);  // moved later meanwhile
+        // As Beast's tcp_stream: a connection past its deadline is closed, and the waiting
+        // operations end with a timeout.
+        state->timed_out = state->waiting;
+        boost::system::error_code ignored;
+        state->socket.close(ignored);
+      }));
 }
 
 void TimedSocket::expires_after(clock::duration after) {

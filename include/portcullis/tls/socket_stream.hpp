@@ -20,6 +20,7 @@
 
 #include <openssl/ssl.h>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -35,6 +36,20 @@
 #include <type_traits>
 
 namespace portcullis::tls {
+
+// For the operations a connection keeps pending while idle. Asio gives a handler that has no
+// allocator of its own a block recycled from earlier operations, which may be twice the size of
+// the operation; this one allocates exactly what the operation needs.
+template <class T>
+struct ExactAllocator {
+  using value_type = T;
+  ExactAllocator() = default;
+  template <class U>
+  ExactAllocator(const ExactAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) { return std::allocator<T>().allocate(n); }
+  void deallocate(T* p, std::size_t n) noexcept { std::allocator<T>().deallocate(p, n); }
+  friend bool operator==(const ExactAllocator&, const ExactAllocator&) noexcept { return true; }
+};
 
 // A TCP socket with a Beast-style deadline for the waits of the TLS stream above it.
 class TimedSocket {
@@ -127,10 +142,12 @@ class SocketStream {
     next_.begin_wait(boost::asio::socket_base::wait_read);
     next_.socket().async_wait(
         boost::asio::socket_base::wait_read,
-        [this, handler = std::move(handler)](boost::system::error_code ec) mutable {
-          next_.end_wait(boost::asio::socket_base::wait_read, ec);
-          std::move(handler)(ec);
-        });
+        boost::asio::bind_allocator(
+            ExactAllocator<void>(),
+            [this, handler = std::move(handler)](boost::system::error_code ec) mutable {
+              next_.end_wait(boost::asio::socket_base::wait_read, ec);
+              std::move(handler)(ec);
+            }));
   }
 
   template <class MutableBuffers, class Token>
