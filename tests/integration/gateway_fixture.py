@@ -98,8 +98,14 @@ class Gateway:
 """
         # A key written twice is a configuration error: tls_extra may set its own timeout.
         handshake_timeout = "" if "handshake_timeout" in tls_extra else ", handshake_timeout: 5s"
-        with open(self.config, "w") as f:
-            f.write(f"""listeners:
+        # A port free when chosen may be taken before the gateway binds it (another test's
+        # outgoing connection): then the gateway starts again on other ports.
+        for attempt in range(3):
+            if attempt:
+                self.log.close()
+                self.port, self.admin_port = free_port(), free_port()
+            with open(self.config, "w") as f:
+                f.write(f"""listeners:
   - name: public
     address: 127.0.0.1:{self.port}
     tls: {{ certificate: {server_chain}, private_key: {server_key}{handshake_timeout}{tls_extra} }}
@@ -110,11 +116,13 @@ class Gateway:
 logging: {{ level: {log_level}, access_log: {access_log} }}
 runtime: {{ io_threads: 2, shutdown_grace: {shutdown_grace}{runtime_extra} }}
 {extra}""")
-        self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
-        self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,
-                                     stderr=self.log)
-        wait_for(lambda: self.proc.poll() is not None or self.admin("/healthz")[0] == 200,
-                 what="admin listener")
+            self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
+            self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,
+                                         stderr=self.log)
+            wait_for(lambda: self.proc.poll() is not None or self.admin("/healthz")[0] == 200,
+                     what="admin listener")
+            if self.proc.poll() is None or "Address already in use" not in self.stderr():
+                break
         if self.proc.poll() is not None:
             raise AssertionError("gateway exited: " + self.stderr())
         if wait_ready:
