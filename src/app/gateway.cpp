@@ -14,6 +14,7 @@
 
 #include <fmt/chrono.h>
 #include <openssl/opensslv.h>
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -72,6 +73,21 @@ struct Gateway::Impl {
 };
 
 namespace {
+
+// The sessions each listener's cache holds now (the current configuration's; a reload starts
+// with an empty cache), to size tls.session_cache_size by: each holds the client certificate.
+std::string session_cache_metrics(const proxy::Snapshot& snap) {
+  std::string out =
+      "# HELP portcullis_tls_session_cache_sessions Resumable TLS sessions in the listener's "
+      "cache.\n"
+      "# TYPE portcullis_tls_session_cache_sessions gauge\n";
+  for (const auto& listener : snap.listeners) {
+    if (!listener || !listener->ssl || !listener->config) continue;
+    out += fmt::format("portcullis_tls_session_cache_sessions{{listener=\"{}\"}} {}\n",
+                       listener->config->name, SSL_CTX_sess_number(listener->ssl->native_handle()));
+  }
+  return out;
+}
 
 // The revocation settings the process's checker and refresher were built from. Both outlive
 // configuration generations, so a reload that changes these is refused rather than half applied.
@@ -460,7 +476,8 @@ int Gateway::run(std::function<void()> on_ready) {
       if (stapler) stapling += stapler->render_metrics();
     }
     if (!stapling.empty()) stapling = revocation::OcspStapler::metric_headers() + stapling;
-    return s.services.metrics.render() + (s.refresher ? s.refresher->render_metrics() : "") +
+    return s.services.metrics.render() + session_cache_metrics(*s.current()) +
+           (s.refresher ? s.refresher->render_metrics() : "") +
            (s.ocsp ? s.ocsp->render_metrics() : "") + stapling;
   };
   handlers.post["/revocation/refresh"] = [&s] {

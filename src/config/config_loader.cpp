@@ -519,7 +519,7 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
   } else if (l.map(tls, p + ".tls",
                    {"certificate", "private_key", "min_version", "groups", "ciphers",
                     "ciphersuites", "handshake_timeout", "session_tickets", "session_ticket_keys",
-                    "session_lifetime", "ocsp_stapling"})) {
+                    "session_lifetime", "session_cache_size", "ocsp_stapling"})) {
     const auto t = p + ".tls";
     l.path(tls, t, "certificate", listener.tls.certificate, true, true);
     l.path(tls, t, "private_key", listener.tls.private_key, true, true);
@@ -541,9 +541,14 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
     l.string(tls, t, "ciphers", listener.tls.ciphers);
     l.string(tls, t, "ciphersuites", listener.tls.ciphersuites);
     l.duration(tls, t, "handshake_timeout", listener.tls.handshake_timeout);
-    l.boolean(tls, t, "session_tickets", listener.tls.session_tickets);
+    if (tls["session_tickets"].IsDefined()) {
+      bool tickets = true;
+      l.boolean(tls, t, "session_tickets", tickets);
+      listener.tls.session_tickets = tickets;
+    }
     l.path(tls, t, "session_ticket_keys", listener.tls.session_ticket_keys, false, true);
     l.duration(tls, t, "session_lifetime", listener.tls.session_lifetime);
+    l.integer(tls, t, "session_cache_size", listener.tls.session_cache_size, 0, 10'000'000);
     load_ocsp_stapling(l, tls, t, listener.tls.ocsp_stapling);
   }
 

@@ -345,6 +345,8 @@ net::awaitable<bool> Session::handshake() {
             "client certificate refused after handshake conn={} peer={} reason={} "
             "resumed={}",
             id_, peer_, verdict.reason, SSL_session_reused(ssl) == 1);
+        // The session this handshake made or resumed is not resumed again from the cache.
+        SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), SSL_get_session(ssl));
         refusal_ = verdict.status == revocation::Status::revoked || verdict.reason.empty()
                        ? std::string_view("revoked")
                        : verdict.reason;

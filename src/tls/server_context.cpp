@@ -112,6 +112,8 @@ void record_failure(SSL* ssl, const char* reason) {
   }
 }
 
+void stamp_session(SSL* ssl, STACK_OF(X509) * chain);
+
 // OpenSSL has already built the chain and checked signatures, dates, depth and purpose when it
 // reports a certificate as good; this adds the failure reason for logs and metrics, and the
 // revocation hook.
@@ -146,6 +148,7 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
   const auto verdict = state->revocation->check(cert, issuer);
   switch (verdict.status) {
     case revocation::Status::good:
+      if (depth == 0) stamp_session(ssl, chain);
       return 1;
     case revocation::Status::pending:
       // Resolved by the connection after the handshake, before any request is forwarded.
@@ -223,35 +226,60 @@ const revocation::Checker* stamping_checker(const VerifyState* state) {
   return state->revocation.get();
 }
 
-// Called as OpenSSL builds a ticket, after the handshake (TLS 1.3), or as it renews one.
+// A full handshake's session gets its stamp as the verify callback passes the leaf: before the
+// session is cached (a session id, or a TLS 1.3 ticket naming a cached session) or encrypted
+// into a ticket, and while no other connection can see it.
+void stamp_session(SSL* ssl, STACK_OF(X509) * chain) {
+  const auto* state = verify_state(ssl);
+  SSL_SESSION* session = SSL_get_session(ssl);
+  if (!stamping_checker(state) || !session || SSL_session_reused(ssl)) return;
+  const RevocationStamp stamp{state->context, checked_generation(ssl),
+                              static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(
+                                  SSL_get_ex_data(ssl, ssl_checked_at_index()))),
+                              static_cast<std::int64_t>(revocation::earliest_not_after(chain))};
+  if (stamp.generation == 0 || stamp.not_after == 0) return;
+  write_stamp(session, stamp);
+}
+
+// Whether a resumed session's stamp still holds: made in this context, no certificate of the
+// chain expired, and a checker that says nothing changed since. When it holds, the connection
+// counts as checked against the stamp's generation.
+bool stamp_holds(SSL* ssl, SSL_SESSION* session) {
+  const auto* state = verify_state(ssl);
+  const auto* checker = stamping_checker(state);
+  const auto stamp = checker ? read_stamp(session) : std::nullopt;
+  if (!stamp || stamp->context != state->context || std::time(nullptr) >= stamp->not_after ||
+      !checker->unchanged_since(stamp->generation,
+                                std::chrono::system_clock::from_time_t(stamp->checked_at))) {
+    return false;
+  }
+  set_checked(ssl, stamp->generation, static_cast<std::time_t>(stamp->checked_at));
+  SSL_set_ex_data(ssl, ssl_stamp_held_index(), ssl);
+  return true;
+}
+
+// Called as OpenSSL builds a ticket, after the handshake (TLS 1.3), or as it renews one. In a
+// full handshake the session already carries its stamp (stamp_session). A resumed session's
+// ticket was read before (stateless tickets: decrypt_ticket); one from the cache (a TLS 1.3
+// ticket naming it) is read here, before its new ticket is made.
 int generate_ticket(SSL* ssl, void*) {
   const auto* state = verify_state(ssl);
   const auto* checker = stamping_checker(state);
   SSL_SESSION* session = SSL_get_session(ssl);
-  if (!checker || !session) return 1;
-  RevocationStamp stamp{state->context, 0, 0, 0};
-  if (!SSL_session_reused(ssl)) {
-    stamp.generation = checked_generation(ssl);
-    if (stamp.generation == 0) return 1;
-    stamp.checked_at = static_cast<std::int64_t>(
-        reinterpret_cast<std::uintptr_t>(SSL_get_ex_data(ssl, ssl_checked_at_index())));
-    stamp.not_after = revocation::earliest_not_after(SSL_get0_verified_chain(ssl));
-  } else if (checked_generation(ssl) != 0) {
+  if (!checker || !session || !SSL_session_reused(ssl)) return 1;
+  if (checked_generation(ssl) != 0 || stamp_holds(ssl, session)) {
     return 1;  // resumed under a stamp that holds: the new ticket keeps it
-  } else {
-    // Resumed under a stamp that no longer holds (new revocation data, another context): check
-    // the chain now, so that this connection need not and the new ticket carries a fresh stamp.
-    // A chain that is not good gets no stamp; the connection refuses it after the handshake.
-    stamp.generation = checker->generation();
-    stamp.checked_at = std::time(nullptr);
-    std::time_t not_after = 0;
-    const auto verdict =
-        revocation::check_peer(*checker, ssl, state->truststore->store(), nullptr, &not_after);
-    if (verdict.status != revocation::Status::good) return 1;
-    stamp.not_after = not_after;
-    set_checked(ssl, stamp.generation, stamp.checked_at);
   }
-  if (stamp.not_after == 0) return 1;
+  // Resumed under a stamp that no longer holds (new revocation data, another context): check
+  // the chain now, so that this connection need not and the new ticket carries a fresh stamp.
+  // A chain that is not good gets no stamp; the connection refuses it after the handshake.
+  RevocationStamp stamp{state->context, checker->generation(), std::time(nullptr), 0};
+  std::time_t not_after = 0;
+  const auto verdict =
+      revocation::check_peer(*checker, ssl, state->truststore->store(), nullptr, &not_after);
+  if (verdict.status != revocation::Status::good || not_after == 0) return 1;
+  stamp.not_after = not_after;
+  set_checked(ssl, stamp.generation, static_cast<std::time_t>(stamp.checked_at));
   write_stamp(session, stamp);
   return 1;
 }
@@ -269,21 +297,29 @@ SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned 
     default:
       return SSL_TICKET_RETURN_ABORT;
   }
-  const auto* state = verify_state(ssl);
-  const auto* checker = stamping_checker(state);
-  const auto stamp = checker ? read_stamp(session) : std::nullopt;
-  if (stamp && stamp->context == state->context && std::time(nullptr) < stamp->not_after &&
-      checker->unchanged_since(stamp->generation,
-                               std::chrono::system_clock::from_time_t(stamp->checked_at))) {
-    set_checked(ssl, stamp->generation, static_cast<std::time_t>(stamp->checked_at));
-    SSL_set_ex_data(ssl, ssl_stamp_held_index(), ssl);
+  // A stamp that no longer holds (or none) gets the ticket renewed, even where OpenSSL would
+  // not (a key file's current key; TLS 1.2): the chain is checked once as the new ticket is
+  // made, and that ticket carries the fresh stamp for the resumptions after it.
+  const bool held = stamp_holds(ssl, session);
+  if (status == SSL_TICKET_SUCCESS && (held || !stamping_checker(verify_state(ssl)))) {
+    return SSL_TICKET_RETURN_USE;
   }
-  return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+  return SSL_TICKET_RETURN_USE_RENEW;
 }
 
 // A client that sends no certificate never reaches the verify callback: OpenSSL fails the
 // handshake itself. The alert it sends is the one moment this can be told apart.
+//
+// A session resumed by its id (TLS 1.2) passes neither ticket callback: its stamp is read as the
+// handshake ends.
 void info_callback(const SSL* ssl, int where, int) {
+  if ((where & SSL_CB_HANDSHAKE_DONE) == SSL_CB_HANDSHAKE_DONE) {
+    auto* mutable_ssl = const_cast<SSL*>(ssl);
+    if (SSL_session_reused(mutable_ssl) && checked_generation(ssl) == 0) {
+      stamp_holds(mutable_ssl, SSL_get_session(ssl));
+    }
+    return;
+  }
   if ((where & SSL_CB_WRITE_ALERT) != SSL_CB_WRITE_ALERT) return;
   const unsigned long error = ERR_peek_last_error();
   if (ERR_GET_LIB(error) == ERR_LIB_SSL &&
@@ -533,21 +569,35 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
   if (SSL_CTX_set_session_id_context(ctx.get(), sid_ctx, sizeof(sid_ctx)) != 1) {
     throw_openssl_error(where + "cannot set the session id context");
   }
-  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_SERVER);
+  // Two ways to resume. Stateless tickets carry the session, encrypted, to the client: any
+  // replica with the same keys can resume it, and the gateway keeps nothing. Without tickets,
+  // sessions stay in this context's cache: TLS 1.2 resumes by session id, and a TLS 1.3 ticket
+  // only names the cached session. OpenSSL 3.0 builds a stateless ticket by encoding the
+  // session, decoding it again (the client certificate's key included, through the provider
+  // decoders) and encoding the copy, and decodes it once more on resumption; from the cache a
+  // resumption takes a reference. Without shared keys nothing else can read the tickets, so the
+  // cache is the default then.
+  const bool stateless = listener.tls.stateless_tickets();
+  const int cache_size = listener.tls.session_cache_size;
+  if (cache_size < 0) {
+    throw TlsError(fmt::format("{}tls.session_cache_size: {} is negative", where, cache_size));
+  }
+  SSL_CTX_set_session_cache_mode(ctx.get(),
+                                 cache_size > 0 ? SSL_SESS_CACHE_SERVER : SSL_SESS_CACHE_OFF);
+  SSL_CTX_sess_set_cache_size(ctx.get(), cache_size);
   if (SSL_CTX_set_session_ticket_cb(ctx.get(), generate_ticket, decrypt_ticket, nullptr) != 1) {
     throw_openssl_error(where + "cannot install the session ticket callbacks");
   }
-  // One TLS 1.3 ticket per handshake instead of OpenSSL's two: OpenSSL 3.0 builds each ticket by
-  // encoding the session, decoding it again (the client certificate's key included, through the
-  // provider decoders) and encoding the copy, a tenth of a full handshake's CPU per ticket.
-  // A client resumes with one ticket; the second only serves a parallel connection.
-  if (SSL_CTX_set_num_tickets(ctx.get(), 1) != 1) {
+  // One TLS 1.3 ticket per handshake instead of OpenSSL's two: a client resumes with one; the
+  // second only serves a parallel connection, and a stateless one costs a tenth of a full
+  // handshake's CPU. None when there is nothing to resume from.
+  if (SSL_CTX_set_num_tickets(ctx.get(), stateless || cache_size > 0 ? 1 : 0) != 1) {
     throw_openssl_error(where + "cannot set the number of session tickets");
   }
   const auto lifetime =
       std::chrono::duration_cast<std::chrono::seconds>(listener.tls.session_lifetime).count();
   SSL_CTX_set_timeout(ctx.get(), static_cast<long>(std::max<long long>(1, lifetime)));
-  if (!listener.tls.session_tickets) {
+  if (!stateless) {
     SSL_CTX_set_options(ctx.get(), SSL_OP_NO_TICKET);
   } else if (!listener.tls.session_ticket_keys.empty()) {
     // Replicas sharing this file resume each other's sessions; without it every process (and

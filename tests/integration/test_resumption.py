@@ -1,6 +1,7 @@
 """Resumed TLS sessions never bypass revocation or a trust change: a client revoked after its
-session was established cannot resume it (session tickets, TLS 1.3; session ids, TLS 1.2), and
-a session from before a truststore change gets a full handshake instead of resuming."""
+session was established cannot resume it (TLS 1.3 tickets naming a session in the gateway's
+cache, the default; stateless tickets with shared keys; session ids, TLS 1.2), and a session
+from before a truststore change gets a full handshake instead of resuming."""
 
 import os
 import shutil
@@ -65,6 +66,13 @@ class ResumptionHonoursRevocation(unittest.TestCase):
         cls.crls.stop()
         cls.pki.cleanup()
 
+    def ticket_keys(self):
+        keys = os.path.join(self.pki.dir, "tickets.keys")
+        if not os.path.exists(keys):
+            with open(keys, "w") as f:
+                f.write(__import__("base64").b64encode(os.urandom(80)).decode() + "\n")
+        return keys
+
     def start(self, tls_extra="", truststore=None):
         gateway = Gateway(self.pki.server["chain"], self.pki.server["key"], truststore or self.pki.truststore,
                           self.upstream.port, tls_extra=tls_extra, extra=f"""revocation:
@@ -104,30 +112,35 @@ class ResumptionHonoursRevocation(unittest.TestCase):
                  what="the refused handshake counted")
 
     def test_ticket_resumption_after_revocation_is_refused(self):
+        # The default without shared keys: the TLS 1.3 ticket names a session in the cache.
         self.assert_resumption_refused_after_revocation("ticket-client", "", tls12=False)
 
+    def test_stateless_ticket_resumption_after_revocation_is_refused(self):
+        self.assert_resumption_refused_after_revocation(
+            "stateless-client", f", session_ticket_keys: {self.ticket_keys()}", tls12=False)
+
     def test_session_id_resumption_after_revocation_is_refused(self):
-        # Tickets off and TLS 1.2: resumption by session id from the server-side cache.
+        # TLS 1.2: resumption by session id from the server-side cache.
         self.assert_resumption_refused_after_revocation("session-id-client", ", session_tickets: false",
                                                         tls12=True)
 
-    def test_a_resumed_session_is_checked_again_only_when_revocation_data_changed(self):
-        client = self.pki.inter.issue("stamp-client", "stamp-client")
-        gateway = self.start()
-        context = self.pki.context(client)
+    def assert_checked_again_only_when_revocation_data_changed(self, name, tls_extra, tls12, restamps):
+        client = self.pki.inter.issue(name, name)
+        gateway = self.start(tls_extra)
+        context = self.pki.context(client, tls12)
         stamped = 'portcullis_resumed_handshakes_total{revocation="stamp"}'
         checked = 'portcullis_resumed_handshakes_total{revocation="checked"}'
         _, session, _ = exchange(context, gateway.port)
         status, session, reused = exchange(context, gateway.port, session)
         self.assertIn("200", status)
         self.assertTrue(reused)
-        # Nothing changed since the ticket was made: its stamp settles revocation.
+        # Nothing changed since the session was made: its stamp settles revocation.
         self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (1, 0))
 
         # New revocation data that does not name this client: the next resumption checks the
-        # chain again and is admitted; the ticket it gets carries the new data's stamp.
+        # chain again and is admitted.
         old = crl_source_status(gateway, self.url)["crl_number"]
-        other = self.pki.inter.issue("stamp-other", "stamp-other")
+        other = self.pki.inter.issue(name + "-other", name + "-other")
         self.pki.inter.revoke(other["cert"])
         self.crls.files["inter.crl"] = self.pki.inter.crl()
         refresh_and_wait(gateway, self.url, lambda s: s["crl_number"] != old)
@@ -138,23 +151,57 @@ class ResumptionHonoursRevocation(unittest.TestCase):
         status, session, reused = exchange(context, gateway.port, session)
         self.assertIn("200", status)
         self.assertTrue(reused)
-        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (2, 1))
+        if restamps:
+            # The ticket that resumption got carries the new data's stamp.
+            self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (2, 1))
+        else:
+            # A TLS 1.2 session id keeps its session, and the session its old stamp.
+            self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (1, 2))
+        counts = (gateway.metric(stamped), gateway.metric(checked))
+        cached = gateway.metric('portcullis_tls_session_cache_sessions{listener="public"}')
+        if "session_ticket_keys" in tls_extra:
+            self.assertEqual(cached, 0, "stateless tickets keep nothing in the gateway")
+        else:
+            # The first session, and one for each ticket made after a resumption (TLS 1.3).
+            self.assertEqual(cached, 1 if tls12 else 4)
 
-        # A revocation after that ticket was made is still caught on resumption.
+        # A revocation after that stamp was made is still caught on resumption, and the refused
+        # session leaves the cache.
         self.revoke_and_publish(gateway, client)
         status, _, _ = exchange(context, gateway.port, session)
         self.assertNotIn("200", status)
-        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), (2, 1))
+        self.assertEqual((gateway.metric(stamped), gateway.metric(checked)), counts)
+        if "session_ticket_keys" not in tls_extra:
+            self.assertEqual(gateway.metric('portcullis_tls_session_cache_sessions{listener="public"}'),
+                             cached - (1 if tls12 else 0))
+
+    def test_a_resumed_session_is_checked_again_only_when_revocation_data_changed(self):
+        self.assert_checked_again_only_when_revocation_data_changed("stamp-client", "", False, True)
+
+    def test_a_stateless_ticket_is_checked_again_only_when_revocation_data_changed(self):
+        self.assert_checked_again_only_when_revocation_data_changed(
+            "stamp-stateless", f", session_ticket_keys: {self.ticket_keys()}", False, True)
+
+    def test_a_session_id_is_checked_again_only_when_revocation_data_changed(self):
+        self.assert_checked_again_only_when_revocation_data_changed("stamp-tls12", "", True, False)
+
+    def test_no_cache_and_no_tickets_means_no_resumption(self):
+        client = self.pki.inter.issue("no-resume", "no-resume")
+        gateway = self.start(", session_tickets: false, session_cache_size: 0")
+        for tls12 in (False, True):
+            context = self.pki.context(client, tls12)
+            status, session, _ = exchange(context, gateway.port)
+            self.assertIn("200", status)
+            status, _, reused = exchange(context, gateway.port, session)
+            self.assertIn("200", status)
+            self.assertFalse(reused, f"nothing to resume from (TLS 1.2: {tls12})")
 
     def test_a_truststore_change_forces_a_full_handshake(self):
         client = self.pki.inter.issue("trust-change", "trust-change")
         truststore = os.path.join(self.pki.dir, "live-truststore.pem")
         shutil.copy(self.pki.truststore, truststore)
-        keys = os.path.join(self.pki.dir, "tickets.keys")
-        with open(keys, "w") as f:
-            f.write(__import__("base64").b64encode(os.urandom(80)).decode() + "\n")
         # Shared ticket keys survive the reload, so only the trust binding can refuse the ticket.
-        gateway = self.start(f", session_ticket_keys: {keys}", truststore=truststore)
+        gateway = self.start(f", session_ticket_keys: {self.ticket_keys()}", truststore=truststore)
         context = self.pki.context(client)
         _, session, _ = exchange(context, gateway.port)
         status, session, reused = exchange(context, gateway.port, session)

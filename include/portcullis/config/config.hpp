@@ -40,9 +40,15 @@ struct ServerTls {
   std::string ciphers;                // TLS 1.2 cipher list; empty = built-in strong default
   std::string ciphersuites;           // TLS 1.3 suites; empty = OpenSSL's default
   Duration handshake_timeout{std::chrono::seconds(10)};
-  bool session_tickets = true;                // stateless resumption (tickets) on or off
+  // Stateless tickets (the session travels, encrypted, with the client) or, when off, sessions
+  // kept in this process's cache (a TLS 1.3 ticket then only names one). Unset: stateless only
+  // with shared ticket keys; a process of its own resumes faster from its cache.
+  std::optional<bool> session_tickets;
   std::filesystem::path session_ticket_keys;  // shared key file; empty = a random key per start
   Duration session_lifetime{std::chrono::minutes(5)};  // tickets and cached sessions
+  int session_cache_size = 20480;                      // sessions kept; 0 = no cache
+
+  bool stateless_tickets() const { return session_tickets.value_or(!session_ticket_keys.empty()); }
   OcspStapling ocsp_stapling;
 };
 

@@ -143,3 +143,47 @@ TEST_CASE("a key written twice is an error, not a silent choice", "[config]") {
                    "line 10)"));
   }
 }
+
+TEST_CASE("session resumption settings", "[config]") {
+  const auto dir = config_dir();
+  std::ofstream(dir / "tickets.keys") << "x";
+  const auto tls = [&](const std::string& extra) {
+    auto text = with_revocation("  mode: none\n");
+    const std::string plain = "tls: { certificate: cert.pem, private_key: key.pem }";
+    text.replace(text.find(plain), plain.size(),
+                 "tls: { certificate: cert.pem, private_key: key.pem" + extra + " }");
+    return parse_config(text, dir / "portcullis.yaml").config.listeners.at(0).tls;
+  };
+  SECTION("defaults: the session cache, stateless tickets only with shared keys") {
+    const auto t = tls("");
+    CHECK_FALSE(t.session_tickets.has_value());
+    CHECK_FALSE(t.stateless_tickets());
+    CHECK(t.session_cache_size == 20480);
+    CHECK(tls(", session_ticket_keys: tickets.keys").stateless_tickets());
+  }
+  SECTION("written") {
+    CHECK(tls(", session_tickets: true").stateless_tickets());
+    CHECK_FALSE(
+        tls(", session_tickets: false, session_ticket_keys: tickets.keys").stateless_tickets());
+    CHECK(tls(", session_cache_size: 0").session_cache_size == 0);
+  }
+  SECTION("bad values name the key") {
+    for (const auto& [extra, message] : {
+             std::pair<std::string, std::string>{
+                 ", session_cache_size: -1",
+                 "listeners[0].tls.session_cache_size: expected an integer"},
+             {", session_tickets: maybe",
+              "listeners[0].tls.session_tickets: expected true or false"},
+         }) {
+      INFO(extra);
+      try {
+        tls(extra);
+        FAIL("accepted");
+      } catch (const portcullis::config::ConfigError& e) {
+        CHECK_THAT(e.what(), Catch::Matchers::Contains(message));
+        CHECK_THAT(e.what(), Catch::Matchers::Contains("portcullis.yaml:4:"));
+      }
+    }
+  }
+  std::filesystem::remove_all(dir);
+}

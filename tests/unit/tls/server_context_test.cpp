@@ -478,12 +478,14 @@ TEST_CASE("sessions resume only under the same session id context", "[server_con
   Fixture f;
   const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
   INFO("version " << std::hex << version);
+  // Stateless tickets with shared keys, as a reload keeps them: only the session id context
+  // differs. (Sessions in a context's own cache never reach another context.)
+  f.listener.tls.session_tickets = true;
   const auto client = f.client(leaf_spec("client-1"));
   const auto client_ctx = f.client_context(&client, {&f.intermediate});
   const auto first_ctx = f.server_context(nullptr, "trust-a");
   const auto same_ctx = f.server_context(nullptr, "trust-a");
   const auto other_ctx = f.server_context(nullptr, "trust-b");
-  // Shared ticket keys, as a reload keeps them: only the session id context differs.
   share_ticket_keys({first_ctx.get(), same_ctx.get(), other_ctx.get()});
 
   const auto first = handshake(first_ctx.get(), client_ctx.get(), version);
@@ -515,8 +517,11 @@ TEST_CASE("context settings", "[server_context]") {
     CHECK(SSL_CTX_get_verify_mode(ctx.get()) ==
           (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT));
     CHECK(SSL_CTX_get_verify_depth(ctx.get()) == 4);
+    // Without shared ticket keys sessions stay in the context's cache; a TLS 1.3 ticket names one.
     CHECK(SSL_CTX_get_session_cache_mode(ctx.get()) == SSL_SESS_CACHE_SERVER);
-    CHECK((options & SSL_OP_NO_TICKET) == 0);
+    CHECK(SSL_CTX_sess_get_cache_size(ctx.get()) == 20480);
+    CHECK((options & SSL_OP_NO_TICKET) != 0);
+    CHECK(SSL_CTX_get_num_tickets(ctx.get()) == 1);
     // TLS 1.2 suites: ECDHE with AEAD only.
     SslPtr ssl(SSL_new(ctx.get()));
     STACK_OF(SSL_CIPHER)* ciphers = SSL_get_ciphers(ssl.get());
@@ -527,6 +532,34 @@ TEST_CASE("context settings", "[server_context]") {
       CHECK(SSL_CIPHER_get_kx_nid(cipher) == NID_kx_ecdhe);
       CHECK(SSL_CIPHER_is_aead(cipher) == 1);
     }
+  }
+  SECTION("shared ticket keys: stateless tickets") {
+    f.listener.tls.session_ticket_keys = f.dir / "tickets.keys";
+    write_file(f.listener.tls.session_ticket_keys, std::string(107, 'A') + "=\n");
+    const auto ctx = f.server_context();
+    CHECK((SSL_CTX_get_options(ctx.get()) & SSL_OP_NO_TICKET) == 0);
+    CHECK(SSL_CTX_get_num_tickets(ctx.get()) == 1);
+    f.listener.tls.session_tickets = false;  // explicit: the cache, keys or not
+    CHECK((SSL_CTX_get_options(f.server_context().get()) & SSL_OP_NO_TICKET) != 0);
+  }
+  SECTION("no cache and no tickets: nothing resumes, no ticket is sent") {
+    f.listener.tls.session_cache_size = 0;
+    const auto ctx = f.server_context();
+    CHECK(SSL_CTX_get_session_cache_mode(ctx.get()) == SSL_SESS_CACHE_OFF);
+    CHECK(SSL_CTX_get_num_tickets(ctx.get()) == 0);
+    const auto client = f.client(leaf_spec("client-1"));
+    const auto client_ctx = f.client_context(&client, {&f.intermediate});
+    for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+      INFO("version " << std::hex << version);
+      const auto first = handshake(ctx.get(), client_ctx.get(), version);
+      REQUIRE(first.server_ok);
+      if (!first.session) continue;  // TLS 1.3: no ticket, so no session to offer
+      CHECK_FALSE(handshake(ctx.get(), client_ctx.get(), version, {}, first.session.get()).resumed);
+    }
+  }
+  SECTION("a smaller cache") {
+    f.listener.tls.session_cache_size = 100;
+    CHECK(SSL_CTX_sess_get_cache_size(f.server_context().get()) == 100);
   }
   SECTION("min_version 1.3") {
     f.listener.tls.min_version = "1.3";
@@ -657,7 +690,16 @@ TEST_CASE("a resumed session skips the chain check only while its ticket stamp h
           "[server_context][revocation][resumption]") {
   Fixture f;
   const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
-  INFO("version " << std::hex << version);
+  // Stateless tickets (OpenSSL's own key, or a key file), or sessions in the context's cache
+  // (session ids; TLS 1.3 tickets that name a cached session).
+  const std::string mode = GENERATE(as<std::string>{}, "tickets", "key file", "cache");
+  INFO("version " << std::hex << version << ", " << mode);
+  const bool stateless = mode != "cache";
+  f.listener.tls.session_tickets = stateless;
+  if (mode == "key file") {
+    f.listener.tls.session_ticket_keys = f.dir / "tickets.keys";
+    write_file(f.listener.tls.session_ticket_keys, std::string(107, 'B') + "=\n");
+  }
   const auto client = f.client(leaf_spec("client-1"));
   const auto client_ctx = f.client_context(&client, {&f.intermediate});
   auto checker = std::make_shared<GenerationChecker>();
@@ -683,12 +725,18 @@ TEST_CASE("a resumed session skips the chain check only while its ticket stamp h
         handshake(server_ctx.get(), client_ctx.get(), version, {}, first.session.get());
     CHECK(again.resumed);
     CHECK_FALSE(again.stamp_held);
-    if (version == TLS1_3_VERSION) {
-      // The new ticket is made after a fresh check of the rebuilt chain, and carries it.
+    if (version == TLS1_3_VERSION || stateless) {
+      // A new ticket is made after a fresh check of the rebuilt chain, and carries it.
       CHECK(again.checked_generation == 8);
       CHECK(checker->calls.size() == 2);
+      const auto later =
+          handshake(server_ctx.get(), client_ctx.get(), version, {}, again.session.get());
+      CHECK(later.resumed);
+      CHECK(later.stamp_held);
+      CHECK(later.checked_generation == 8);
+      CHECK(checker->calls.size() == 2);
     } else {
-      // TLS 1.2 keeps the old ticket: the connection must check the chain itself.
+      // A TLS 1.2 session id keeps its cached session: the connection must check the chain.
       CHECK(again.checked_generation == 0);
     }
   }
@@ -700,6 +748,7 @@ TEST_CASE("a resumed session skips the chain check only while its ticket stamp h
     CHECK(again.checked_generation == 0);
   }
   SECTION("a ticket from another context carries no stamp that counts there") {
+    if (mode != "tickets") return;  // the shared keys below are OpenSSL's own
     const auto other_ctx = f.server_context(checker);
     share_ticket_keys({server_ctx.get(), other_ctx.get()});
     const auto issued = handshake(server_ctx.get(), client_ctx.get(), version);
@@ -708,19 +757,14 @@ TEST_CASE("a resumed session skips the chain check only while its ticket stamp h
     const auto there =
         handshake(other_ctx.get(), client_ctx.get(), version, {}, issued.session.get());
     CHECK(there.resumed);
-    if (version == TLS1_2_VERSION) {
-      CHECK(there.checked_generation == 0);
-      CHECK(checker->calls.size() == calls);
-    } else {
-      CHECK(checker->calls.size() == calls + 1);  // checked again as the new ticket was made
-    }
+    CHECK(checker->calls.size() == calls + 1);  // checked again as the new ticket was made
     const auto here =
         handshake(server_ctx.get(), client_ctx.get(), version, {}, issued.session.get());
     CHECK(here.resumed);
     CHECK(here.checked_generation == 7);
     CHECK(here.stamp_held);
     CHECK_FALSE(there.stamp_held);
-    CHECK(checker->calls.size() == (version == TLS1_2_VERSION ? calls : calls + 1));
+    CHECK(checker->calls.size() == calls + 1);
   }
 }
 
