@@ -4,7 +4,8 @@
 One PKI (a P-256 root; an intermediate that issues the client certificates, which clients send
 with their intermediate; ECDSA P-256 and RSA-2048 server certificates), one upstream (the
 built-in echo upstream, plain HTTP) and the same worker count for every gateway. Each gateway
-runs in turn from a scratch directory as the invoking user, and portcullis-bench measures:
+runs in turn from a scratch directory as the invoking user, in rounds (every figure is the
+median over the rounds), and portcullis-bench measures:
 
   full mTLS handshakes (ECDSA P-256 and RSA-2048 server certificate), resumed handshakes
   (TLS 1.3 tickets), keep-alive requests with 1 KiB responses, p99 latency at half of each
@@ -30,6 +31,7 @@ import resource
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -720,13 +722,28 @@ def goals(r):
     return out
 
 
+def median_of_rounds(rounds):
+    """One result from several rounds of the same gateway: the median of every number, the
+    first round's value for anything else."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {k: median_of_rounds([x.get(k) for x in rounds if isinstance(x, dict)])
+                for k in first}
+    numbers = [x for x in rounds if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if numbers and len(numbers) == len(rounds):
+        return statistics.median(numbers)
+    return first
+
+
 def markdown(r):
     g = r["gateways"]
     names = [n for n in GATEWAYS if n in g]
     lines = [f"# Side by side: {', '.join(names)}", "",
              f"Run {r['started']} on {r['machine']} ({r['cores']} cores), OpenSSL "
              f"{r['openssl']}; {r['options']['workers']} worker(s) / io thread(s) per gateway, "
-             f"{r['options']['duration']} s per scenario, portcullis-bench with "
+             f"{r['options']['duration']} s per scenario, "
+             f"{'median of ' + str(r['options']['rounds']) + ' rounds (the gateways take turns), ' if r['options'].get('rounds', 1) > 1 else ''}"
+             f"portcullis-bench with "
              f"{r['options']['client_threads']} thread(s) and {r['options']['connections']} "
              f"connections; load average {r['loadavg_start']} → {r['loadavg_end']}; "
              f"{r['versions']['nginx']}; {r['versions']['haproxy']}; portcullis at "
@@ -814,6 +831,9 @@ def main():
     ap.add_argument("--workers", type=int, default=1,
                     help="io threads (portcullis), worker_processes (NGINX), nbthread (HAProxy)")
     ap.add_argument("--duration", type=int, help="seconds per scenario (default 8)")
+    ap.add_argument("--rounds", type=int,
+                    help="rounds, the gateways taking turns; every figure is the median over "
+                         "rounds (default 3)")
     ap.add_argument("--connections", type=int, default=8, help="portcullis-bench slots")
     ap.add_argument("--client-threads", type=int, default=1, help="portcullis-bench io threads")
     ap.add_argument("--idle", type=int, help="idle connections (default 10000; 0: skip)")
@@ -828,8 +848,8 @@ def main():
                     help="2 s per scenario, 1000 idle connections, CRLs of 0 and 100k")
     a = ap.parse_args()
     # --quick changes the defaults; options given explicitly still win.
-    defaults = (2, 1000, "0,100000", 1) if a.quick else (8, 10000, "0,100000,1000000", 2)
-    for key, value in zip(("duration", "idle", "crl_sizes", "speed_seconds"), defaults):
+    defaults = (2, 1000, "0,100000", 1, 1) if a.quick else (5, 10000, "0,100000,1000000", 2, 3)
+    for key, value in zip(("duration", "idle", "crl_sizes", "speed_seconds", "rounds"), defaults):
         if getattr(a, key) is None:
             setattr(a, key, value)
     a.crl_sizes = [int(x) for x in a.crl_sizes.split(",")]
@@ -858,6 +878,7 @@ def main():
                "commit": run("git", "-C", ROOT, "rev-parse", "--short", "HEAD").stdout.strip(),
                "options": {"workers": a.workers, "duration": a.duration,
                            "connections": a.connections, "client_threads": a.client_threads,
+                           "rounds": a.rounds,
                            "idle": a.idle, "crl_sizes": a.crl_sizes},
                "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
                "note": a.note, "gateways": {}}
@@ -887,9 +908,18 @@ def main():
             profile(a, bins, pki, work, upstream_port)
             return
         bench = Bench(bins["portcullis-bench"], pki, work, a.client_threads)
-        for n in names:
-            results["gateways"][n] = run_gateway(n, a, bins, pki, work, upstream_port, bench,
-                                                 direct_port)
+        # The gateways take turns round by round, so that a slow spell of a shared machine
+        # falls on all of them rather than on whichever ran then.
+        rounds = {n: [] for n in names}
+        for i in range(a.rounds):
+            for n in names:
+                if a.rounds > 1:
+                    log(f"round {i + 1} of {a.rounds}: {n}")
+                rounds[n].append(run_gateway(n, a, bins, pki, work, upstream_port, bench,
+                                             direct_port))
+        results["gateways"] = {n: median_of_rounds(rounds[n]) for n in names}
+        if a.rounds > 1:
+            results["rounds"] = rounds
     finally:
         for p in procs:
             p.terminate()
