@@ -307,12 +307,43 @@ SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned 
   return SSL_TICKET_RETURN_USE_RENEW;
 }
 
+// The CA certificates a client sent that the chain was verified with from the truststore
+// instead (its intermediate, when the truststore holds it too) are replaced, in the session, by
+// the truststore's own objects: the session then holds no decoded copy of its own (about
+// 4 KiB for each connection, and for each cached session). The certificates are identical
+// (X509_cmp compares the whole encoding), so nothing that reads the chain sees a difference.
+// Called once the client's Certificate message is processed and verified, and before the session
+// is cached or encrypted into a ticket: no other connection can reach it yet.
+void share_truststore_copies(SSL* ssl) {
+  STACK_OF(X509)* sent = SSL_get_peer_cert_chain(ssl);
+  STACK_OF(X509)* verified = SSL_get0_verified_chain(ssl);
+  if (!sent || !verified) return;
+  for (int i = 0; i < sk_X509_num(sent); ++i) {
+    X509* own = sk_X509_value(sent, i);
+    for (int j = 1; j < sk_X509_num(verified); ++j) {
+      X509* trusted = sk_X509_value(verified, j);
+      if (trusted == own || X509_cmp(trusted, own) != 0) continue;
+      if (X509_up_ref(trusted) != 1) return;
+      sk_X509_set(sent, i, trusted);
+      X509_free(own);
+      break;
+    }
+  }
+}
+
 // A client that sends no certificate never reaches the verify callback: OpenSSL fails the
 // handshake itself. The alert it sends is the one moment this can be told apart.
 //
 // A session resumed by its id (TLS 1.2) passes neither ticket callback: its stamp is read as the
 // handshake ends.
 void info_callback(const SSL* ssl, int where, int) {
+  if ((where & SSL_CB_ACCEPT_LOOP) == SSL_CB_ACCEPT_LOOP) {
+    // Entering CertificateVerify: the client's certificates are in and verified (both versions).
+    if (SSL_get_state(ssl) == TLS_ST_SR_CERT_VRFY && !SSL_session_reused(const_cast<SSL*>(ssl))) {
+      share_truststore_copies(const_cast<SSL*>(ssl));
+    }
+    return;
+  }
   if ((where & SSL_CB_HANDSHAKE_DONE) == SSL_CB_HANDSHAKE_DONE) {
     auto* mutable_ssl = const_cast<SSL*>(ssl);
     if (SSL_session_reused(mutable_ssl) && checked_generation(ssl) == 0) {

@@ -66,6 +66,7 @@ struct Outcome {
   long client_verify_result = -1;        // the client's verification of the server chain
   std::vector<std::string> ca_names;
   SslSessionPtr session;
+  std::vector<X509Ptr> server_peer_chain;  // SSL_get_peer_cert_chain() on the server side
 };
 
 void on_client_info(const SSL* ssl, int where, int ret) {
@@ -155,6 +156,13 @@ Outcome handshake(SSL_CTX* server_ctx, SSL_CTX* client_ctx, int version = TLS1_3
     }
   }
   outcome.session.reset(SSL_get1_session(client.get()));
+  if (STACK_OF(X509)* chain = SSL_get_peer_cert_chain(server.get())) {
+    for (int i = 0; i < sk_X509_num(chain); ++i) {
+      X509* cert = sk_X509_value(chain, i);
+      X509_up_ref(cert);
+      outcome.server_peer_chain.emplace_back(cert);
+    }
+  }
   ERR_clear_error();
   return outcome;
 }
@@ -211,6 +219,16 @@ struct Fixture {
   }
 
   Issued client(CertSpec spec) const { return issue_certificate(spec, &intermediate); }
+
+  // The truststore's own object for the intermediate.
+  X509* truststore_intermediate() const {
+    STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(truststore->store());
+    for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
+      X509* cert = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objects, i));
+      if (cert && X509_cmp(cert, intermediate.cert.get()) == 0) return cert;
+    }
+    return nullptr;
+  }
 };
 
 // Gives every context the same fixed ticket keys, so a ticket one made decrypts in the others.
@@ -395,6 +413,17 @@ TEST_CASE("the intermediate may come from the client or from the truststore", "[
     const auto outcome = handshake(server_ctx.get(), leaf_only.get());
     CHECK(outcome.server_ok);
     CHECK(outcome.client_ok);
+  }
+  SECTION("truststore holds root and intermediate, client sends both") {
+    const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+    INFO("version " << std::hex << version);
+    const auto server_ctx = f.server_context();
+    const auto outcome = handshake(server_ctx.get(), with_chain.get(), version);
+    CHECK(outcome.server_ok);
+    // The session keeps the truststore's intermediate, not a decoded copy of the client's.
+    REQUIRE(outcome.server_peer_chain.size() == 1);
+    CHECK(X509_cmp(outcome.server_peer_chain[0].get(), f.intermediate.cert.get()) == 0);
+    CHECK(outcome.server_peer_chain[0].get() == f.truststore_intermediate());
   }
   SECTION("truststore holds the root only, client sends the intermediate") {
     f.truststore = Truststore::load(f.dir / "root.pem");
