@@ -185,6 +185,22 @@ class ResumptionHonoursRevocation(unittest.TestCase):
     def test_a_session_id_is_checked_again_only_when_revocation_data_changed(self):
         self.assert_checked_again_only_when_revocation_data_changed("stamp-tls12", "", True, False)
 
+    def test_the_session_cache_keeps_at_most_its_size(self):
+        client = self.pki.inter.issue("cache-size", "cache-size")
+        gateway = self.start(", session_cache_size: 3")
+        context = self.pki.context(client)
+        sessions = []
+        for _ in range(6):
+            status, session, _ = exchange(context, gateway.port)
+            self.assertIn("200", status)
+            sessions.append(session)
+        gauge = 'portcullis_tls_session_cache_sessions{listener="public"}'
+        # OpenSSL 3.0 makes room before it counts the new session in: size − 1 once full.
+        self.assertIn(gateway.metric(gauge), (2, 3))
+        # The newest sessions are kept; the oldest went first.
+        self.assertTrue(exchange(context, gateway.port, sessions[-1])[2], "the newest session resumes")
+        self.assertFalse(exchange(context, gateway.port, sessions[0])[2], "the oldest was evicted")
+
     def test_no_cache_and_no_tickets_means_no_resumption(self):
         client = self.pki.inter.issue("no-resume", "no-resume")
         gateway = self.start(", session_tickets: false, session_cache_size: 0")
