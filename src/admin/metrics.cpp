@@ -197,7 +197,7 @@ std::string Metrics::render() const {
                        to_string(static_cast<HandshakeResult>(i)), handshakes_[i].load(relaxed));
   }
   render_counter_header(out, "portcullis_resumed_handshakes_total",
-                        "Resumed sessions admitted, by how revocation was settled: the ticket's "
+                        "Resumed sessions admitted, by how revocation was settled: the session's "
                         "stamp held, or the chain was checked again.");
   out += fmt::format("portcullis_resumed_handshakes_total{{revocation=\"stamp\"}} {}\n",
                      resumed_by_stamp_.load(relaxed));

@@ -331,7 +331,7 @@ net::awaitable<bool> Session::handshake() {
   if (const auto& checker = p_.snapshot->revocation) {
     // Read before checking: data that changes meanwhile means another check at the next request.
     // A full handshake's verify callback read it before looking the chain up; so did a resumed
-    // session's ticket stamp, when it still holds.
+    // session's stamp, when it still holds.
     const auto checked = tls::revocation_checked_generation(ssl);
     const auto generation = checked != 0 ? checked : checker->generation();
     if ((SSL_session_reused(ssl) && checked == 0) || checker->may_defer()) {

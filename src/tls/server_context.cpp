@@ -52,7 +52,7 @@ int ssl_reason_index() {
 
 // The revocation generation this connection's chain was checked against (an integer stored as
 // the pointer), and when (seconds since the epoch): set by the verify callback in a full
-// handshake, and for a resumed session whose ticket stamp still holds.
+// handshake, and for a resumed session whose stamp still holds.
 int ssl_generation_index() {
   static const int index = new_ssl_index();
   return index;
@@ -62,7 +62,7 @@ int ssl_checked_at_index() {
   return index;
 }
 
-// Set (to any non-null value) when a resumed session's ticket stamp held.
+// Set (to any non-null value) when a resumed session's stamp held.
 int ssl_stamp_held_index() {
   static const int index = new_ssl_index();
   return index;

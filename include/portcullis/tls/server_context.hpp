@@ -44,12 +44,13 @@ void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source);
 
 // The revocation generation (Checker::generation()) this connection's chain was checked
 // against in its handshake: by the verify callback in a full handshake, or, for a resumed
-// session, from its ticket's stamp when the checker says nothing has changed since (or by a
-// check as the new ticket was made). 0 when no such check is known: a resumed session must then
-// be checked. Stamps are only made for checkers that do not defer (no OCSP).
+// session, from the session's stamp (in its ticket, or with it in the session cache) when the
+// checker says nothing has changed since (or by a check as the new ticket was made). 0 when no
+// such check is known: a resumed session must then be checked. Stamps are only made for
+// checkers that do not defer (no OCSP).
 std::uint64_t revocation_checked_generation(const SSL* ssl);
 
-// Whether this resumed session's ticket stamp held, so that its chain was not checked again.
+// Whether this resumed session's stamp held, so that its chain was not checked again.
 bool resumed_under_stamp(const SSL* ssl);
 
 // Why client verification failed on this connection: "no_certificate", "unknown_ca", "expired",

@@ -715,7 +715,7 @@ TEST_CASE("verify_failure_reason of a null or fresh connection is empty", "[serv
   CHECK(verify_failure_reason(ssl.get()).empty());
 }
 
-TEST_CASE("a resumed session skips the chain check only while its ticket stamp holds",
+TEST_CASE("a resumed session skips the chain check only while its stamp holds",
           "[server_context][revocation][resumption]") {
   Fixture f;
   const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
@@ -797,7 +797,7 @@ TEST_CASE("a resumed session skips the chain check only while its ticket stamp h
   }
 }
 
-TEST_CASE("a checker that defers gets no ticket stamps",
+TEST_CASE("a checker that defers gets no stamps",
           "[server_context][revocation][resumption]") {
   Fixture f;
   const auto client = f.client(leaf_spec("client-1"));
