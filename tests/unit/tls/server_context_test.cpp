@@ -797,8 +797,7 @@ TEST_CASE("a resumed session skips the chain check only while its stamp holds",
   }
 }
 
-TEST_CASE("a checker that defers gets no stamps",
-          "[server_context][revocation][resumption]") {
+TEST_CASE("a checker that defers gets no stamps", "[server_context][revocation][resumption]") {
   Fixture f;
   const auto client = f.client(leaf_spec("client-1"));
   const auto client_ctx = f.client_context(&client, {&f.intermediate});
