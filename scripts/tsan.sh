@@ -2,8 +2,8 @@
 # Builds everything with ThreadSanitizer (build-tsan) and runs the concurrency-heavy tests: the
 # revocation unit tests (index publication under concurrent lookups), the OCSP client (shared
 # cache, queries shared by concurrent connections), the CRL integration tests
-# whose refresher swaps indexes under live connections, reloads under load, and the upstream
-# pool. Any data race fails the run. scripts/tsan.sh [extra ctest arguments...]
+# whose refresher swaps indexes under live connections, reloads under load, resumption (the
+# session cache the io threads share), and the upstream pool. Any data race fails the run. scripts/tsan.sh [extra ctest arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -24,7 +24,7 @@ export TSAN_OPTIONS="log_path=$reports/tsan second_deadlock_stack=1"
 start=$(date +%s)
 status=0
 (cd build-tsan && ctest --output-on-failure -j 2 --timeout 900 \
-  -R '^(unit\.revocation\.|integration\.test_(crl_revocation|crl_policy|ocsp_client|operations|upstreams)$)' \
+  -R '^(unit\.revocation\.|integration\.test_(crl_revocation|crl_policy|ocsp_client|operations|resumption|upstreams)$)' \
   "$@") || status=$?
 echo "thread sanitizer tests: $(( $(date +%s) - start )) s"
 if [ -n "$(ls -A "$reports")" ]; then
