@@ -112,7 +112,7 @@ void record_failure(SSL* ssl, const char* reason) {
   }
 }
 
-void stamp_session(SSL* ssl, STACK_OF(X509) * chain);
+void stamp_session(SSL* ssl, const VerifyState& state, STACK_OF(X509) * chain);
 
 // OpenSSL has already built the chain and checked signatures, dates, depth and purpose when it
 // reports a certificate as good; this adds the failure reason for logs and metrics, and the
@@ -148,7 +148,7 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
   const auto verdict = state->revocation->check(cert, issuer);
   switch (verdict.status) {
     case revocation::Status::good:
-      if (depth == 0) stamp_session(ssl, chain);
+      if (depth == 0) stamp_session(ssl, *state, chain);
       return 1;
     case revocation::Status::pending:
       // Resolved by the connection after the handshake, before any request is forwarded.
@@ -229,11 +229,10 @@ const revocation::Checker* stamping_checker(const VerifyState* state) {
 // A full handshake's session gets its stamp as the verify callback passes the leaf: before the
 // session is cached (a session id, or a TLS 1.3 ticket naming a cached session) or encrypted
 // into a ticket, and while no other connection can see it.
-void stamp_session(SSL* ssl, STACK_OF(X509) * chain) {
-  const auto* state = verify_state(ssl);
+void stamp_session(SSL* ssl, const VerifyState& state, STACK_OF(X509) * chain) {
   SSL_SESSION* session = SSL_get_session(ssl);
-  if (!stamping_checker(state) || !session || SSL_session_reused(ssl)) return;
-  const RevocationStamp stamp{state->context, checked_generation(ssl),
+  if (!stamping_checker(&state) || !session || SSL_session_reused(ssl)) return;
+  const RevocationStamp stamp{state.context, checked_generation(ssl),
                               static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(
                                   SSL_get_ex_data(ssl, ssl_checked_at_index()))),
                               static_cast<std::int64_t>(revocation::earliest_not_after(chain))};
