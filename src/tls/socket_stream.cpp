@@ -106,8 +106,10 @@ BIO_METHOD* socket_bio_method() {
 }
 
 // Before each call into OpenSSL: errors left from another connection must not be read as ours.
+// The queue is nearly always empty, and looking costs far less than OpenSSL 3.0's clearing,
+// which frees each of its sixteen slots' file and function names (32 frees).
 void begin_step() {
-  ERR_clear_error();
+  if (ERR_peek_error() != 0) ERR_clear_error();
   last_socket_errno = 0;
 }
 
