@@ -6,11 +6,11 @@
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <numeric>
 #include <vector>
 
 #include <sys/socket.h>
@@ -42,12 +42,33 @@ bool is_ip_literal(const std::string& host) {
 
 ConnectionPool::ConnectionPool(net::any_io_executor executor) : executor_(std::move(executor)) {}
 
-ConnectionPool::Endpoint& ConnectionPool::endpoint(const std::string& pool_key,
-                                                   const std::string& health_key,
-                                                   HealthTable* health) {
-  auto& e = endpoints_[pool_key];
-  if (!e.health && health) e.health = &health->state(health_key);
-  return e;
+std::pair<std::shared_ptr<const ConnectionPool::Group>, std::size_t> ConnectionPool::group(
+    const config::Upstream& upstream, HealthTable& health, const TlsClientContext* tls) {
+  auto found = groups_.find(upstream.name);
+  if (found == groups_.end()) found = groups_.emplace(upstream.name, Slot{}).first;
+  auto& slot = found->second;
+  const auto same = [](const config::HostPort& a, const config::HostPort& b) {
+    return a.port == b.port && a.host == b.host;
+  };
+  if (!slot.group || slot.group->tls != tls ||
+      !std::equal(slot.group->endpoints.begin(), slot.group->endpoints.end(),
+                  upstream.endpoints.begin(), upstream.endpoints.end(), same)) {
+    auto g = std::make_shared<Group>();
+    g->endpoints = upstream.endpoints;
+    g->tls = tls;
+    for (const auto& address : upstream.endpoints) {
+      auto name = address.to_string();
+      const auto health_key = upstream.name + "/" + name;
+      const auto pool_key =
+          tls ? fmt::format("{}/tls@{}", health_key, static_cast<const void*>(tls)) : health_key;
+      auto& e = endpoints_[pool_key];
+      if (!e.health) e.health = &health.state(health_key);
+      g->entries.push_back(&e);
+      g->names.push_back(std::move(name));
+    }
+    slot.group = std::move(g);
+  }
+  return {slot.group, slot.next++};
 }
 
 // DNS answers are reused for the upstream's resolve_interval, so a name that moves is followed
@@ -81,31 +102,36 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
   const auto count = upstream.endpoints.size();
   const auto now = Clock::now();
   boost::system::error_code last_error = net::error::host_not_found;
-
-  std::vector<Endpoint*> state(count);
-  std::vector<std::string> keys(count);
-  for (std::size_t i = 0; i < count; ++i) {
-    const auto health_key = upstream.name + "/" + upstream.endpoints[i].to_string();
-    keys[i] =
-        tls ? fmt::format("{}/tls@{}", health_key, static_cast<const void*>(tls)) : health_key;
-    state[i] = &endpoint(keys[i], health_key, &health);
-  }
+  const auto [held, start] = group(upstream, health, tls);
+  const auto& g = *held;
+  const auto& state = g.entries;
 
   // Balancing order: a rotating start (round-robin, and the tie-break among equally loaded
   // endpoints), then fewest requests in flight first when so configured; ejected endpoints and
   // the one a retry must avoid go last, still tried when nothing else answers.
-  std::vector<std::size_t> order(count);
-  const auto start = next_[upstream.name]++;
-  for (std::size_t i = 0; i < count; ++i) order[i] = (start + i) % count;
+  // (Small vectors, and a stable sort and partition by hand: the standard ones take a heap
+  // buffer, for a handful of endpoints.)
+  boost::container::small_vector<std::size_t, 8> rotated(count);
+  for (std::size_t i = 0; i < count; ++i) rotated[i] = (start + i) % count;
   if (upstream.balance == config::Balance::least_outstanding) {
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-      return state[a]->health->outstanding.load(std::memory_order_relaxed) <
-             state[b]->health->outstanding.load(std::memory_order_relaxed);
-    });
+    const auto load = [&](std::size_t i) {
+      return state[i]->health->outstanding.load(std::memory_order_relaxed);
+    };
+    for (std::size_t k = 1; k < count; ++k) {  // insertion sort: stable
+      const auto i = rotated[k];
+      const auto l = load(i);
+      auto j = k;
+      for (; j > 0 && load(rotated[j - 1]) > l; --j) rotated[j] = rotated[j - 1];
+      rotated[j] = i;
+    }
   }
-  std::stable_partition(order.begin(), order.end(), [&](std::size_t i) {
-    return !state[i]->health->ejected(now) && upstream.endpoints[i].to_string() != avoid;
-  });
+  boost::container::small_vector<std::size_t, 8> order;
+  boost::container::small_vector<std::size_t, 8> last;
+  for (const auto i : rotated) {
+    const bool preferred = !state[i]->health->ejected(now) && g.names[i] != avoid;
+    (preferred ? order : last).push_back(i);
+  }
+  order.insert(order.end(), last.begin(), last.end());
 
   for (const auto i : order) {
     const auto& address = upstream.endpoints[i];
@@ -118,14 +144,14 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
       if (idle_for < upstream.idle_timeout &&
           ((retries_if_closed && idle_for < std::chrono::seconds(1)) ||
            still_open(candidate.connection->next_layer().socket()))) {
-        co_return Lease{std::move(candidate.connection), address.to_string(), true,
-                        Outstanding(e.health), keys[i]};
+        co_return Lease{std::move(candidate.connection), g.names[i], true, Outstanding(e.health),
+                        &e};
       }
     }
 
     if (const auto ec = co_await resolve(upstream, address, e)) {
       last_error = ec;
-      health.connect_failed(*e.health, upstream, address.to_string());
+      health.connect_failed(*e.health, upstream, g.names[i]);
       continue;
     }
     beast::tcp_stream stream(executor_);
@@ -134,14 +160,14 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
         co_await stream.async_connect(e.addresses, net::as_tuple(net::use_awaitable));
     if (cec) {
       last_error = cec;
-      health.connect_failed(*e.health, upstream, address.to_string());
+      health.connect_failed(*e.health, upstream, g.names[i]);
       continue;
     }
     stream.socket().set_option(tcp::no_delay(true));
     if (!tls) {
       health.connected(*e.health);
-      co_return Lease{std::make_unique<UpstreamStream>(std::move(stream)), address.to_string(),
-                      false, Outstanding(e.health), keys[i]};
+      co_return Lease{std::make_unique<UpstreamStream>(std::move(stream)), g.names[i], false,
+                      Outstanding(e.health), &e};
     }
 
     // The certificate must chain to the upstream's CAs and carry the expected name; a host
@@ -157,21 +183,20 @@ net::awaitable<Lease> ConnectionPool::acquire(const config::Upstream& upstream, 
       last_error = hec;
       spdlog::warn(
           "upstream TLS handshake failed upstream={} endpoint={} server_name={} error=\"{}\"",
-          upstream.name, address.to_string(), name, hec.message());
-      health.connect_failed(*e.health, upstream, address.to_string());
+          upstream.name, g.names[i], name, hec.message());
+      health.connect_failed(*e.health, upstream, g.names[i]);
       continue;
     }
     health.connected(*e.health);
-    co_return Lease{std::make_unique<UpstreamStream>(std::move(secure)), address.to_string(), false,
-                    Outstanding(e.health), keys[i]};
+    co_return Lease{std::make_unique<UpstreamStream>(std::move(secure)), g.names[i], false,
+                    Outstanding(e.health), &e};
   }
   throw boost::system::system_error(last_error);
 }
 
 void ConnectionPool::release(const config::Upstream& upstream, Lease lease) {
-  const auto found = endpoints_.find(lease.pool_key);
-  if (found == endpoints_.end()) return;
-  auto& idle = found->second.idle;
+  if (!lease.entry) return;
+  auto& idle = lease.entry->idle;
   if (static_cast<int>(idle.size()) >= upstream.max_idle_connections) return;
   lease.stream().next_layer().expires_never();
   idle.push_back(Idle{std::move(lease.connection), Clock::now()});

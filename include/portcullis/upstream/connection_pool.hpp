@@ -20,8 +20,22 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace portcullis::upstream {
+
+// One endpoint's idle connections in one io thread's pool (under one TLS context).
+struct PoolEntry {
+  struct Idle {
+    std::unique_ptr<UpstreamStream> connection;
+    std::chrono::steady_clock::time_point since;
+  };
+  EndpointHealth* health = nullptr;
+  std::deque<Idle> idle;
+  boost::asio::ip::tcp::resolver::results_type addresses;
+  std::chrono::steady_clock::time_point resolved_at;
+};
 
 // A connection taken from the pool, either reused or fresh. While it lives it counts as one
 // request outstanding on its endpoint.
@@ -33,7 +47,7 @@ struct Lease {
   std::string endpoint;  // "host:port", for logs
   bool reused = false;
   Outstanding outstanding;
-  std::string pool_key;  // where release() puts it back
+  PoolEntry* entry = nullptr;  // where release() puts it back (entries are never removed)
 };
 
 class ConnectionPool {
@@ -63,25 +77,32 @@ class ConnectionPool {
   std::size_t idle_connections() const noexcept;
 
  private:
-  struct Idle {
-    std::unique_ptr<UpstreamStream> connection;
-    std::chrono::steady_clock::time_point since;
+  using Endpoint = PoolEntry;
+  using Idle = PoolEntry::Idle;
+  // An upstream's entries and endpoint names as last worked out, so that a request finds them
+  // without building a string. Replaced (never changed: an acquire waiting to connect holds
+  // the one it started with) when the upstream's endpoints or TLS context change.
+  struct Group {
+    std::vector<config::HostPort> endpoints;
+    const TlsClientContext* tls = nullptr;
+    std::vector<Endpoint*> entries;
+    std::vector<std::string> names;  // "host:port"
   };
-  struct Endpoint {
-    EndpointHealth* health = nullptr;
-    std::deque<Idle> idle;
-    boost::asio::ip::tcp::resolver::results_type addresses;
-    std::chrono::steady_clock::time_point resolved_at;
+  struct Slot {
+    std::shared_ptr<const Group> group;
+    std::size_t next = 0;  // round-robin position
   };
-  Endpoint& endpoint(const std::string& pool_key, const std::string& health_key,
-                     HealthTable* health);
+  // The upstream's group, and where its round-robin starts this time.
+  std::pair<std::shared_ptr<const Group>, std::size_t> group(const config::Upstream& upstream,
+                                                             HealthTable& health,
+                                                             const TlsClientContext* tls);
   boost::asio::awaitable<boost::system::error_code> resolve(const config::Upstream& upstream,
                                                             const config::HostPort& address,
                                                             Endpoint& e);
 
   boost::asio::any_io_executor executor_;
-  std::map<std::string, Endpoint> endpoints_;  // by "upstream/host:port[/tls context]"
-  std::map<std::string, std::size_t> next_;    // round-robin position by upstream
+  std::map<std::string, Endpoint> endpoints_;        // by "upstream/host:port[/tls context]"
+  std::map<std::string, Slot, std::less<>> groups_;  // by upstream name
 };
 
 }  // namespace portcullis::upstream
