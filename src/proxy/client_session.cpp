@@ -194,7 +194,7 @@ class Session {
   // use, is not kept.
   const tls::PeerIdentity& identity();
   std::shared_ptr<const tls::PeerIdentity> identity_;
-  tls::HeaderList identity_headers_;
+  std::string identity_lines_;  // the identity headers, serialized (see header_lines)
   std::uint64_t revocation_generation_ = 0;
   // Set when revocation refused the client after its handshake (a resumed session, or a status
   // resolved after it): the first request is answered 403 with this reason, and nothing more.
@@ -217,7 +217,7 @@ const tls::PeerIdentity& Session::identity() {
   if (!identity_) {
     auto id = tls::extract_peer_identity(stream_.native_handle());
     if (!id) id = std::make_shared<tls::PeerIdentity>();  // no peer: refused at the handshake
-    identity_headers_ = tls::identity_headers(cfg_.identity_headers, *id);
+    identity_lines_ = header_lines(tls::identity_headers(cfg_.identity_headers, *id));
     std::string().swap(id->leaf_der);
     std::vector<std::string>().swap(id->chain_der);
     identity_ = std::move(id);
@@ -442,9 +442,14 @@ net::awaitable<bool> Session::exchange(Worker::Handle handle, Clock::time_point 
     co_return false;
   }
   if (!ec) {
-    // The whole header section is buffered: this parses it without further I/O.
-    std::tie(ec, std::ignore) = co_await http::async_read_header(stream_, buffer_, parser,
-                                                                 net::as_tuple(net::use_awaitable));
+    // The whole header section is buffered: it is parsed in place, as Beast's read would, but
+    // without an asynchronous operation (and its trip through the scheduler).
+    buffer_.consume(parser.put(buffer_.data(), ec));
+    if (ec == http::error::need_more) {
+      ec = {};
+      std::tie(ec, std::ignore) = co_await http::async_read_header(
+          stream_, buffer_, parser, net::as_tuple(net::use_awaitable));
+    }
   }
   if (ec) {
     // A closed or idle connection is the normal end of keep-alive, not an error.
@@ -590,7 +595,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   const bool websocket = !has_body && is_websocket_upgrade(req);
 
   identity();
-  prepare_upstream_request(req, client_ip(), identity_headers_);
+  const auto added_lines = prepare_upstream_request(req, client_ip(), identity_lines_);
   if (websocket) set_websocket_upgrade(req);
   if (parser.chunked()) req.chunked(true);
 
@@ -660,7 +665,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
 
     auto sent =
         co_await relay_message(stream_, buffer_, parser, lease->stream(), true, cfg_.idle_timeout,
-                               upstream.response_timeout, chunk(), preread_);
+                               upstream.response_timeout, chunk(), preread_, added_lines);
     ex.bytes_in = sent.body_bytes;
     if (sent.read_error) {
       // The client sent a broken body or went away: nothing sensible can follow on this

@@ -3,6 +3,8 @@
 // piece through a fixed buffer (Beast's "relay" pattern), so bodies of any size pass in constant
 // memory. Private to the proxy module.
 
+#include "portcullis/proxy/request_rules.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -20,6 +22,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -36,10 +39,12 @@ struct RelayResult {
 
 // The header as Beast's serializer writes it (start line, fields, blank line), in one piece:
 // iterating the serializer's buffer sequence of one buffer per field cost more than the copy.
+// `added_lines` (serialized fields, see header_lines) go after the header's own fields.
 template <bool isRequest, class Fields>
-std::string serialize_header(const boost::beast::http::header<isRequest, Fields>& h) {
+std::string serialize_header(const boost::beast::http::header<isRequest, Fields>& h,
+                             std::string_view added_lines = {}) {
   std::string out;
-  out.reserve(512);
+  out.reserve(512 + added_lines.size());
   const auto version = h.version();
   const char v[] = {static_cast<char>('0' + version / 10), '.',
                     static_cast<char>('0' + version % 10)};
@@ -59,7 +64,7 @@ std::string serialize_header(const boost::beast::http::header<isRequest, Fields>
   for (const auto& field : h) {
     out.append(field.name_string()).append(": ").append(field.value()).append("\r\n");
   }
-  out.append("\r\n");
+  out.append(added_lines).append("\r\n");
   return out;
 }
 
@@ -83,12 +88,14 @@ boost::asio::awaitable<std::pair<boost::system::error_code, std::size_t>> read_b
 // Writes the (already transformed) header, then the body if `with_body`. `preread` is the
 // number of body bytes already read into `chunk` (the first piece, read before forwarding).
 // The first piece of the body, when it is at hand, goes out in the same write as the header.
+// `added_lines` (serialized fields, see header_lines) go out after the header's own fields.
 template <class In, class Out, bool isRequest>
 boost::asio::awaitable<RelayResult> relay_message(
     In& in, boost::beast::flat_buffer& in_buffer,
     boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser, Out& out,
     bool with_body, std::chrono::milliseconds read_timeout, std::chrono::milliseconds write_timeout,
-    std::vector<char>& chunk, std::optional<std::size_t> preread = std::nullopt) {
+    std::vector<char>& chunk, std::optional<std::size_t> preread = std::nullopt,
+    std::string_view added_lines = {}) {
   namespace http = boost::beast::http;
   using boost::asio::as_tuple;
   using boost::asio::use_awaitable;
@@ -118,7 +125,7 @@ boost::asio::awaitable<RelayResult> relay_message(
   }
   if (!parser.get().chunked()) {
     // Not chunked on the way out (so not on the way in either): the body goes as it came.
-    const auto head = serialize_header(parser.get());
+    const auto head = serialize_header(parser.get(), added_lines);
     std::size_t piece = with_body && preread ? *preread : 0;
     preread.reset();
     for (bool first = true; first || (with_body && !parser.is_done()); first = false) {
@@ -145,6 +152,8 @@ boost::asio::awaitable<RelayResult> relay_message(
     co_return result;
   }
 
+  // Beast's serializer frames the chunks, and writes the header from the fields.
+  insert_header_lines(parser.get(), added_lines);
   http::serializer<isRequest, http::buffer_body> serializer{parser.get()};
   if (!with_body || (!preread && !parser.is_done())) {
     // Nothing of the body is here yet: the header goes first, so that the other side sees it

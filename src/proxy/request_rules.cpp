@@ -222,17 +222,39 @@ const config::Route* select_route(const config::Listener& listener, std::string_
   return best;
 }
 
-void prepare_upstream_request(http::request_header<>& req, std::string_view client_ip,
-                              const tls::HeaderList& identity) {
+std::string header_lines(const tls::HeaderList& headers) {
+  std::string out;
+  for (const auto& [name, value] : headers) out.append(name).append(": ").append(value) += "\r\n";
+  return out;
+}
+
+void insert_header_lines(http::fields& fields, std::string_view lines) {
+  while (!lines.empty()) {
+    const auto end = lines.find("\r\n");
+    const auto line = lines.substr(0, end);
+    const auto colon = line.find(": ");
+    fields.insert(line.substr(0, colon), line.substr(colon + 2));
+    lines.remove_prefix(end == std::string_view::npos ? lines.size() : end + 2);
+  }
+}
+
+std::string prepare_upstream_request(http::request_header<>& req, std::string_view client_ip,
+                                     std::string_view identity_lines) {
   remove_hop_by_hop(req, true);
   req.version(11);
+  std::string lines;
+  lines.reserve(64 + identity_lines.size());
   // The client's own X-Forwarded-For is kept and extended, as a chain of hops.
-  const auto prior = req["X-Forwarded-For"];
-  const std::string forwarded =
-      prior.empty() ? std::string(client_ip) : std::string(prior) + ", " + std::string(client_ip);
-  req.set("X-Forwarded-For", forwarded);
-  req.set("X-Forwarded-Proto", "https");
-  for (const auto& [name, value] : identity) req.insert(name, value);
+  lines.append("X-Forwarded-For: ");
+  if (const auto prior = req.find("X-Forwarded-For"); prior != req.end()) {
+    lines.append(prior->value()).append(", ");
+    req.erase("X-Forwarded-For");
+  }
+  lines.append(client_ip).append("\r\n");
+  req.erase("X-Forwarded-Proto");
+  lines.append("X-Forwarded-Proto: https\r\n");
+  lines.append(identity_lines);
+  return lines;
 }
 
 bool is_websocket_upgrade(const http::request_header<>& req) {

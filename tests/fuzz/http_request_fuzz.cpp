@@ -205,7 +205,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   const http::request_header<> original = req;
   const auto identity = tls::identity_headers(preset, fx.identity);
-  proxy::prepare_upstream_request(req, "127.0.0.1", identity);
+  proxy::insert_header_lines(
+      req, proxy::prepare_upstream_request(req, "127.0.0.1", proxy::header_lines(identity)));
   check_forwarded(req, original, identity);
 
   // What goes upstream is itself a request the gateway would accept, field for field.

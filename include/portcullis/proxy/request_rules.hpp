@@ -58,12 +58,23 @@ std::string host_of(std::string_view host_header);
 const config::Route* select_route(const config::Listener& listener, std::string_view host,
                                   std::string_view path);
 
+// Header lines as they go on the wire: "Name: value\r\n" for each, in order.
+std::string header_lines(const tls::HeaderList& headers);
+
+// Adds header lines (as header_lines writes them) to the fields of a message that Beast's own
+// serializer will write.
+void insert_header_lines(http::fields& fields, std::string_view lines);
+
 // Removes what must not travel upstream: hop-by-hop fields (RFC 9110 §7.6.1) including every
 // field named in Connection, Expect (answered here), and any client-sent copy of an identity
-// header in any spelling. Then adds X-Forwarded-For/-Proto and the identity headers, after the
-// hop-by-hop processing so that `Connection: X-Client-Cert-Subject` cannot remove them.
-void prepare_upstream_request(http::request_header<>& req, std::string_view client_ip,
-                              const tls::HeaderList& identity);
+// header in any spelling. Returns the lines the gateway adds, serialized (see header_lines):
+// X-Forwarded-For (the client's own chain, removed from `req`, extended by `client_ip`),
+// X-Forwarded-Proto, then `identity_lines` (the connection's identity headers, serialized once
+// per connection). They go after the hop-by-hop processing, so that
+// `Connection: X-Client-Cert-Subject` cannot remove them; the caller writes them after the
+// request's own fields, or inserts them with insert_header_lines.
+std::string prepare_upstream_request(http::request_header<>& req, std::string_view client_ip,
+                                     std::string_view identity_lines);
 
 // Removes hop-by-hop fields from an upstream response before it goes to the client.
 void prepare_client_response(http::response_header<>& res);

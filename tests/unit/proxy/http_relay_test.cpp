@@ -65,3 +65,16 @@ TEST_CASE("the relayed header is byte for byte what Beast's serializer writes", 
     CHECK(serialize_header(res).ends_with("\r\n\r\n"));
   }
 }
+
+TEST_CASE("added header lines are written as if they were the last fields", "[http_relay]") {
+  http::request_header<> req;
+  req.method(http::verb::get);
+  req.target("/");
+  req.version(11);
+  req.set(http::field::host, "api.example");
+  const std::string lines = "X-Forwarded-For: 127.0.0.1\r\nX-Client-Cert-Subject: CN=a\r\n";
+  const auto with_lines = serialize_header(req, lines);
+  portcullis::proxy::insert_header_lines(req, lines);
+  CHECK(with_lines == beast_header(req));
+  CHECK(with_lines == serialize_header(req));
+}

@@ -5,7 +5,9 @@
 #include <algorithm>
 
 namespace http = boost::beast::http;
+using portcullis::proxy::header_lines;
 using portcullis::proxy::host_of;
+using portcullis::proxy::insert_header_lines;
 using portcullis::proxy::prepare_client_response;
 using portcullis::proxy::prepare_upstream_request;
 using portcullis::proxy::select_route;
@@ -121,7 +123,14 @@ TEST_CASE("hop-by-hop and forged identity headers never reach the upstream", "[p
                       {"X-Forwarded-Proto", "http"},
                       {"X-Keep", "yes"}});
   const portcullis::tls::HeaderList identity = {{"X-Client-Cert-Subject", "CN=real"}};
-  prepare_upstream_request(req, "127.0.0.1", identity);
+  const auto added = prepare_upstream_request(req, "127.0.0.1", header_lines(identity));
+  CHECK(added ==
+        "X-Forwarded-For: 10.9.9.9, 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+        "X-Client-Cert-Subject: CN=real\r\n");
+  // The client's own copies are gone from the request itself.
+  CHECK(count_named(req, "X-Forwarded-For") == 0);
+  CHECK(count_named(req, "X-Forwarded-Proto") == 0);
+  insert_header_lines(req, added);
 
   for (const char* gone :
        {"Connection", "Keep-Alive", "TE", "Upgrade", "Proxy-Connection", "Expect", "X-Secret",
@@ -171,10 +180,35 @@ TEST_CASE("a WebSocket upgrade is recognised and keeps only its own hop-by-hop f
   auto req = get({{"Upgrade", "websocket"},
                   {"Connection", "Upgrade, X-Secret, X-Client-Cert-Subject"},
                   {"X-Secret", "1"}});
-  prepare_upstream_request(req, "127.0.0.1", {{"X-Client-Cert-Subject", "CN=a"}});
+  insert_header_lines(req,
+                      prepare_upstream_request(req, "127.0.0.1",
+                                               header_lines({{"X-Client-Cert-Subject", "CN=a"}})));
   set_websocket_upgrade(req);
   CHECK(req[http::field::upgrade] == "websocket");
   CHECK(req[http::field::connection] == "Upgrade");
   CHECK(req.count("X-Secret") == 0);
   CHECK(count_named(req, "X-Client-Cert-Subject") == 1);
+}
+
+TEST_CASE("a request without X-Forwarded-For gets one naming the client", "[proxy][rules]") {
+  auto req = request({{"Host", "a"}});
+  CHECK(prepare_upstream_request(req, "192.0.2.7", "") ==
+        "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: https\r\n");
+}
+
+TEST_CASE("header lines go into fields one for one, in order", "[proxy][rules]") {
+  const portcullis::tls::HeaderList headers = {{"X-Client-Cert-Subject", "CN=a: b,O=c"},
+                                               {"X-Client-Cert-SAN", ""},
+                                               {"X-Client-Cert-Serial", "0A"}};
+  const auto lines = header_lines(headers);
+  CHECK(lines ==
+        "X-Client-Cert-Subject: CN=a: b,O=c\r\nX-Client-Cert-SAN: \r\n"
+        "X-Client-Cert-Serial: 0A\r\n");
+  http::fields fields;
+  insert_header_lines(fields, lines);
+  portcullis::tls::HeaderList back;
+  for (const auto& f : fields) back.emplace_back(f.name_string(), f.value());
+  CHECK(back == headers);
+  insert_header_lines(fields, "");
+  CHECK(std::distance(fields.begin(), fields.end()) == 3);
 }
