@@ -269,8 +269,13 @@ Session::read_header_section(Clock::time_point due) {
     }
     first_pass = false;
     if (!ec) {
-      std::tie(ec, n) = co_await stream_.async_read_some(buffer_.prepare(4096),
-                                                         net::as_tuple(net::use_awaitable));
+      // Nearly always the bytes are there (the socket was just seen readable): read at once,
+      // without an asynchronous operation's trip through the executor.
+      const auto space = buffer_.prepare(4096);
+      if (!stream_.read_some_now(space, n, ec)) {
+        std::tie(ec, n) =
+            co_await stream_.async_read_some(space, net::as_tuple(net::use_awaitable));
+      }
       buffer_.commit(n);
     }
     if (ec) {

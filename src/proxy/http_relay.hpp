@@ -9,6 +9,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -66,6 +67,18 @@ std::string serialize_header(const boost::beast::http::header<isRequest, Fields>
   }
   out.append(added_lines).append("\r\n");
   return out;
+}
+
+// Writes to `out` what it takes at once, when the stream can say (a completed asynchronous
+// write still takes a trip through the executor): the bytes written, or 0 with `ec` set. The
+// rest goes with an asynchronous write.
+template <class Out, class ConstBuffers>
+std::size_t write_now(Out& out, const ConstBuffers& buffers, boost::system::error_code& ec) {
+  if constexpr (requires { out.write_some_now(buffers, ec); }) {
+    return out.write_some_now(buffers, ec);
+  } else {
+    return 0;
+  }
 }
 
 // Reads the next piece of the body into `chunk`: the error, and how many bytes it holds.
@@ -140,8 +153,14 @@ boost::asio::awaitable<RelayResult> relay_message(
           first ? boost::asio::buffer(head) : boost::asio::const_buffer(),
           boost::asio::buffer(chunk.data(), piece)};
       boost::beast::get_lowest_layer(out).expires_after(write_timeout);
-      auto [write_ec, write_n] =
-          co_await boost::asio::async_write(out, pieces, as_tuple(use_awaitable));
+      boost::system::error_code write_ec;
+      const auto now = write_now(out, pieces, write_ec);
+      if (!write_ec && now < boost::asio::buffer_size(pieces)) {
+        boost::beast::buffers_suffix<std::array<boost::asio::const_buffer, 2>> rest(pieces);
+        rest.consume(now);
+        std::tie(write_ec, std::ignore) =
+            co_await boost::asio::async_write(out, rest, as_tuple(use_awaitable));
+      }
       if (write_ec) {
         result.write_error = write_ec;
         co_return result;

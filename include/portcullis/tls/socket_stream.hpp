@@ -168,28 +168,28 @@ class SocketStream {
   // Several small buffers (a header and a body piece) go out as one record.
   template <class ConstBuffers, class Token>
   auto async_write_some(const ConstBuffers& buffers, Token&& token) {
-    return run<true>(
-        [buffers](SocketStream& s, boost::system::error_code& ec, std::size_t& n) {
-          auto it = boost::asio::buffer_sequence_begin(buffers);
-          const auto end = boost::asio::buffer_sequence_end(buffers);
-          while (it != end && boost::asio::const_buffer(*it).size() == 0) ++it;
-          if (it == end) {
-            n = 0;
-            return Want::nothing;
-          }
-          const boost::asio::const_buffer first = *it;
-          auto next = it;
-          ++next;
-          while (next != end && boost::asio::const_buffer(*next).size() == 0) ++next;
-          if (next == end || first.size() >= coalesce_limit)
-            return s.write_step(first.data(), first.size(), n, ec);
-          // Copied again at every retry from the caller's buffers, which stay valid until the
-          // operation completes, so the scratch may serve other connections in between.
-          auto& scratch = write_scratch();
-          const auto size = boost::asio::buffer_copy(boost::asio::buffer(scratch), buffers);
-          return s.write_step(scratch.data(), size, n, ec);
-        },
-        std::forward<Token>(token));
+    return run<true>([buffers](SocketStream& s, boost::system::error_code& ec,
+                               std::size_t& n) { return s.write_buffers_step(buffers, n, ec); },
+                     std::forward<Token>(token));
+  }
+
+  // The same read and write attempted at once, without waiting and without the trip through
+  // the executor that an asynchronous operation takes even when it needs no wait.
+  // read_some_now is false when the read would have to wait (nothing was read; use
+  // async_read_some), else true with the bytes in `n` or the error in `ec`.
+  bool read_some_now(boost::asio::mutable_buffer buffer, std::size_t& n,
+                     boost::system::error_code& ec) {
+    n = 0;
+    if (buffer.size() == 0) return true;
+    return read_step(buffer.data(), buffer.size(), n, ec) == Want::nothing;
+  }
+  // The bytes written at once (at most a record's worth), or 0 with `ec` set. Whatever is left,
+  // starting from there, goes with async_write_some.
+  template <class ConstBuffers>
+  std::size_t write_some_now(const ConstBuffers& buffers, boost::system::error_code& ec) {
+    std::size_t n = 0;
+    if (write_buffers_step(buffers, n, ec) != Want::nothing) n = 0;
+    return n;
   }
 
   // One step of OpenSSL on the socket, and what it needs before it can go on. Public for the
@@ -204,6 +204,29 @@ class SocketStream {
  private:
   // One TLS record's worth of plaintext.
   static constexpr std::size_t coalesce_limit = 16 * 1024;
+
+  template <class ConstBuffers>
+  Want write_buffers_step(const ConstBuffers& buffers, std::size_t& n,
+                          boost::system::error_code& ec) {
+    auto it = boost::asio::buffer_sequence_begin(buffers);
+    const auto end = boost::asio::buffer_sequence_end(buffers);
+    while (it != end && boost::asio::const_buffer(*it).size() == 0) ++it;
+    if (it == end) {
+      n = 0;
+      return Want::nothing;
+    }
+    const boost::asio::const_buffer first = *it;
+    auto next = it;
+    ++next;
+    while (next != end && boost::asio::const_buffer(*next).size() == 0) ++next;
+    if (next == end || first.size() >= coalesce_limit)
+      return write_step(first.data(), first.size(), n, ec);
+    // Copied again at every retry from the caller's buffers, which stay valid until the
+    // operation completes, so the scratch may serve other connections in between.
+    auto& scratch = write_scratch();
+    const auto size = boost::asio::buffer_copy(boost::asio::buffer(scratch), buffers);
+    return write_step(scratch.data(), size, n, ec);
+  }
   static std::array<char, coalesce_limit>& write_scratch();
 
   Want outcome(int result, boost::system::error_code& ec);

@@ -6,6 +6,7 @@
 // Thread-safety: none, like the streams it holds.
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
@@ -56,6 +57,22 @@ class UpstreamStream {
           }
         },
         token, buffers);
+  }
+
+  // Sends what the socket takes at once, without waiting (plain TCP only; over TLS nothing is
+  // sent here): the bytes sent, or 0 with `ec` set. The rest goes with async_write_some.
+  template <class ConstBufferSequence>
+  std::size_t write_some_now(const ConstBufferSequence& buffers, boost::system::error_code& ec) {
+    auto* plain = std::get_if<boost::beast::tcp_stream>(&stream_);
+    if (!plain) return 0;
+    auto& socket = plain->socket();
+    if (!socket.non_blocking()) {
+      socket.non_blocking(true, ec);
+      if (ec) return 0;
+    }
+    const auto n = socket.write_some(buffers, ec);
+    if (ec == boost::asio::error::would_block || ec == boost::asio::error::try_again) ec = {};
+    return n;
   }
 
  private:

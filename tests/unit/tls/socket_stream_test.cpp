@@ -417,3 +417,55 @@ TEST_CASE("writes to a peer that has gone fail on the connection, not the proces
   REQUIRE(write_error);
   CHECK((write_error == net::error::connection_reset || write_error == net::error::broken_pipe));
 }
+
+TEST_CASE("read_some_now and write_some_now act at once, or say that they would wait",
+          "[socket_stream]") {
+  Pair pair;
+  pair.handshake();
+  std::array<char, 64> space{};
+  std::size_t n = 99;
+  error_code ec;
+  // Nothing sent yet: the read would wait, and nothing is lost by trying.
+  CHECK_FALSE(pair.server->read_some_now(net::buffer(space), n, ec));
+  CHECK(n == 0);
+  CHECK_FALSE(ec);
+
+  const std::string hello = "hello, now";
+  const auto big = pattern(200 * 1024, 'z');
+  std::string received(hello.size() + big.size(), '\0');
+  std::size_t first_write = 0;
+  pair.run(
+      [&]() -> net::awaitable<void> {
+        auto [write_ec, written] =
+            co_await net::async_write(*pair.client, net::buffer(hello), tuple);
+        REQUIRE_FALSE(write_ec);
+        std::tie(write_ec, written) =
+            co_await net::async_read(*pair.client, net::buffer(received), tuple);
+        REQUIRE_FALSE(write_ec);
+      }(),
+      [&]() -> net::awaitable<void> {
+        auto [wait_ec] = co_await pair.server->async_wait_readable(tuple);
+        REQUIRE_FALSE(wait_ec);
+        error_code read_ec;
+        std::size_t got = 0;
+        REQUIRE(pair.server->read_some_now(net::buffer(space), got, read_ec));
+        REQUIRE_FALSE(read_ec);
+        REQUIRE(std::string(space.data(), got) == hello);
+        // Two pieces go out at once as one record; a large one a record at a time, the rest
+        // with an asynchronous write from where the immediate one stopped.
+        const std::array<net::const_buffer, 2> pieces{net::buffer(hello.data(), 5),
+                                                      net::buffer(hello.data() + 5, 5)};
+        error_code write_ec;
+        REQUIRE(pair.server->write_some_now(pieces, write_ec) == 10);
+        REQUIRE_FALSE(write_ec);
+        first_write = pair.server->write_some_now(net::buffer(big), write_ec);
+        REQUIRE_FALSE(write_ec);
+        REQUIRE(first_write > 0);
+        auto [rest_ec, rest] =
+            co_await net::async_write(*pair.server, net::buffer(big) + first_write, tuple);
+        REQUIRE_FALSE(rest_ec);
+        REQUIRE(first_write + rest == big.size());
+      }());
+  CHECK(first_write <= 16 * 1024);
+  CHECK(received == hello + big);
+}
