@@ -264,7 +264,7 @@ Session::read_header_section(Clock::time_point due) {
     }
     if (buffer_.size() == 0 && !first_pass) {
       // A read that brought nothing (a TLS record without data): wait for more before the next
-      // one. At the first pass Session::run has just seen the socket readable.
+      // one. At the first pass Session::run has just read, or seen the socket readable.
       std::tie(ec) = co_await stream_.async_wait_readable(net::as_tuple(net::use_awaitable));
     }
     first_pass = false;
@@ -396,8 +396,19 @@ net::awaitable<bool> Session::run() {
   }
   for (;;) {
     if (parked_) {
-      // Back from the park: the socket is readable, or holds the peer's close.
+      // Back from the park: the socket is readable, or holds the peer's close. Rarely, the
+      // readiness was for bytes read before the park: then nothing is there, and the
+      // connection goes back to it, its deadline unchanged.
       parked_ = false;
+      const auto space = buffer_.prepare(4096);
+      std::size_t n = 0;
+      boost::system::error_code ec;  // an error is met again, and handled, by the next read
+      if (!stream_.read_some_now(space, n, ec)) {
+        buffer_.shrink_to_fit();
+        parked_ = true;
+        co_return true;
+      }
+      buffer_.commit(n);
     } else {
       // A draining gateway answers the request in progress, then closes; the first request of
       // a fresh connection is still served so that a handshake never ends in silence.

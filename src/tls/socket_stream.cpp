@@ -24,12 +24,12 @@ thread_local int last_socket_errno = 0;
 // may already belong to another connection, and OpenSSL must not write there.
 int descriptor_of(BIO* bio) {
   BIO_clear_retry_flags(bio);
-  auto* socket = static_cast<tcp::socket*>(BIO_get_data(bio));
-  if (socket == nullptr || !socket->is_open()) {
+  auto* timed = static_cast<TimedSocket*>(BIO_get_data(bio));
+  if (timed == nullptr || !timed->socket().is_open()) {
     last_socket_errno = EBADF;
     return -1;
   }
-  return socket->native_handle();
+  return timed->socket().native_handle();
 }
 
 // After a failed send or recv: an empty (or full) socket is a retry, anything else an error.
@@ -67,10 +67,14 @@ int socket_bio_read(BIO* bio, char* data, std::size_t size, std::size_t* read) {
   do {
     n = ::recv(fd, data, size, 0);
   } while (n < 0 && errno == EINTR);
+  auto* timed = static_cast<TimedSocket*>(BIO_get_data(bio));
   if (n < 0) {
+    timed->note_read(errno == EAGAIN || errno == EWOULDBLOCK);
     note_failure(bio, true);
     return 0;
   }
+  // Less than asked: the socket's receive queue was emptied, as Asio's reactor reads it.
+  timed->note_read(static_cast<std::size_t>(n) < size);
   if (n == 0) {
     // OpenSSL asks BIO_eof() whether the transport ended, to tell a truncation from an error.
     BIO_set_flags(bio, BIO_FLAGS_IN_EOF);
@@ -135,7 +139,14 @@ struct TimedSocket::State {
   std::array<bool, 2> timed_out{};
 };
 
-TimedSocket::TimedSocket(tcp::socket socket) : state_(std::make_shared<State>(std::move(socket))) {}
+TimedSocket::TimedSocket(tcp::socket socket)
+    : state_(std::make_shared<State>(std::move(socket)))
+#if PORTCULLIS_EDGE_READ_WAIT
+      ,
+      reactor_(&reactor_of(state_->socket))
+#endif
+{
+}
 
 TimedSocket::executor_type TimedSocket::get_executor() noexcept {
   return state_->socket.get_executor();
@@ -222,7 +233,7 @@ SocketStream::SocketStream(tcp::socket socket, net::ssl::context& context)
     throw boost::system::system_error(static_cast<int>(ERR_get_error()),
                                       net::error::get_ssl_category(), "BIO_new");
   }
-  BIO_set_data(bio, &next_.socket());
+  BIO_set_data(bio, &next_);
   BIO_set_init(bio, 1);
   SSL_set_bio(ssl_, bio, bio);  // the SSL object owns the BIO
 }

@@ -18,6 +18,8 @@
 // Thread-safety: as a socket; one read and one write may be outstanding at once, from the
 // thread that runs the socket's executor.
 
+#include "portcullis/tls/edge_wait.hpp"
+
 #include <openssl/ssl.h>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/bind_allocator.hpp>
@@ -73,12 +75,34 @@ class TimedSocket {
   void begin_wait(boost::asio::socket_base::wait_type direction);
   void end_wait(boost::asio::socket_base::wait_type direction, boost::system::error_code& ec);
 
+  // Set by the stream's BIO after each read from the socket: whether it found the socket empty
+  // (the read would have blocked, or returned less than asked).
+  void note_read(bool found_empty) noexcept { found_empty_ = found_empty; }
+
+  // As socket().async_wait, but a read wait that follows a read which found the socket empty
+  // (and none since the last such wait) does not re-arm the descriptor (edge_wait.hpp).
+  template <class Handler>
+  void async_wait(boost::asio::socket_base::wait_type direction, Handler&& handler) {
+#if PORTCULLIS_EDGE_READ_WAIT
+    if (direction == boost::asio::socket_base::wait_read && found_empty_) {
+      found_empty_ = false;
+      edge_read_wait(socket(), *reactor_, std::forward<Handler>(handler));
+      return;
+    }
+#endif
+    socket().async_wait(direction, std::forward<Handler>(handler));
+  }
+
  private:
   struct State;
   // Makes sure the timer fires no later than the deadline while a wait is outstanding.
   static void arm(const std::shared_ptr<State>& state);
   // Shared with the deadline's timer handlers, which may run after the socket is gone.
   std::shared_ptr<State> state_;
+#if PORTCULLIS_EDGE_READ_WAIT
+  boost::asio::detail::epoll_reactor* reactor_;
+#endif
+  bool found_empty_ = false;
 };
 
 class SocketStream {
@@ -140,14 +164,13 @@ class SocketStream {
       return;
     }
     next_.begin_wait(boost::asio::socket_base::wait_read);
-    next_.socket().async_wait(
-        boost::asio::socket_base::wait_read,
-        boost::asio::bind_allocator(
-            ExactAllocator<void>(),
-            [this, handler = std::move(handler)](boost::system::error_code ec) mutable {
-              next_.end_wait(boost::asio::socket_base::wait_read, ec);
-              std::move(handler)(ec);
-            }));
+    next_.async_wait(boost::asio::socket_base::wait_read,
+                     boost::asio::bind_allocator(
+                         ExactAllocator<void>(), [this, handler = std::move(handler)](
+                                                     boost::system::error_code ec) mutable {
+                           next_.end_wait(boost::asio::socket_base::wait_read, ec);
+                           std::move(handler)(ec);
+                         }));
   }
 
   template <class MutableBuffers, class Token>
@@ -267,7 +290,7 @@ class SocketStream {
       direction = want == Want::read ? boost::asio::socket_base::wait_read
                                      : boost::asio::socket_base::wait_write;
       stream.next_.begin_wait(direction);
-      stream.next_.socket().async_wait(direction, std::move(self));
+      stream.next_.async_wait(direction, std::move(self));
     }
 
     template <class Self>
