@@ -58,7 +58,8 @@ namespace edge_wait_detail {
 
 namespace ad = boost::asio::detail;
 
-// As Asio's reactive_wait_op, but done and exhausted whenever it is performed.
+// As Asio's reactive_wait_op, but done and exhausted when the reactor runs it for an edge, and
+// when started speculatively, only if the socket is not empty.
 template <class Handler, class IoExecutor>
 class ReadWaitOp : public ad::reactor_op {
  public:
