@@ -74,19 +74,38 @@ struct Gateway::Impl {
 
 namespace {
 
-// The sessions each listener's cache holds now (the current configuration's; a reload starts
-// with an empty cache), to size tls.session_cache_size by: each holds the client certificate.
-std::string session_cache_metrics(const proxy::Snapshot& snap) {
-  std::string out =
+// Each listener's TLS caches, for the current configuration (a reload starts new, empty ones,
+// and their counts from zero): the sessions its session cache holds, to size
+// tls.session_cache_size by (each holds the client certificate), and its verified chain cache
+// (client_auth.chain_cache_size), when it has one.
+std::string tls_cache_metrics(const proxy::Snapshot& snap) {
+  std::string sessions =
       "# HELP portcullis_tls_session_cache_sessions Resumable TLS sessions in the listener's "
       "cache.\n"
       "# TYPE portcullis_tls_session_cache_sessions gauge\n";
+  std::string chains =
+      "# HELP portcullis_tls_chain_cache_chains Verified client chains in the listener's cache.\n"
+      "# TYPE portcullis_tls_chain_cache_chains gauge\n";
+  std::string lookups =
+      "# HELP portcullis_tls_chain_cache_lookups_total Client chains looked up in the listener's "
+      "cache since the configuration was loaded, by result.\n"
+      "# TYPE portcullis_tls_chain_cache_lookups_total counter\n";
   for (const auto& listener : snap.listeners) {
     if (!listener || !listener->ssl || !listener->config) continue;
-    out += fmt::format("portcullis_tls_session_cache_sessions{{listener=\"{}\"}} {}\n",
-                       listener->config->name, SSL_CTX_sess_number(listener->ssl->native_handle()));
+    SSL_CTX* ctx = listener->ssl->native_handle();
+    const auto& name = listener->config->name;
+    sessions += fmt::format("portcullis_tls_session_cache_sessions{{listener=\"{}\"}} {}\n", name,
+                            SSL_CTX_sess_number(ctx));
+    const auto stats = tls::chain_cache_stats(ctx);
+    if (!stats) continue;
+    chains += fmt::format("portcullis_tls_chain_cache_chains{{listener=\"{}\"}} {}\n", name,
+                          stats->chains);
+    lookups += fmt::format(
+        "portcullis_tls_chain_cache_lookups_total{{listener=\"{}\",result=\"hit\"}} {}\n"
+        "portcullis_tls_chain_cache_lookups_total{{listener=\"{}\",result=\"miss\"}} {}\n",
+        name, stats->hits, name, stats->misses);
   }
-  return out;
+  return sessions + chains + lookups;
 }
 
 // The revocation settings the process's checker and refresher were built from. Both outlive
@@ -476,7 +495,7 @@ int Gateway::run(std::function<void()> on_ready) {
       if (stapler) stapling += stapler->render_metrics();
     }
     if (!stapling.empty()) stapling = revocation::OcspStapler::metric_headers() + stapling;
-    return s.services.metrics.render() + session_cache_metrics(*s.current()) +
+    return s.services.metrics.render() + tls_cache_metrics(*s.current()) +
            (s.refresher ? s.refresher->render_metrics() : "") +
            (s.ocsp ? s.ocsp->render_metrics() : "") + stapling;
   };

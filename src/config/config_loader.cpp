@@ -556,11 +556,13 @@ void load_listener(Loader& l, const YAML::Node& node, const std::string& p, List
   if (!auth.IsDefined()) {
     l.error(node, p + ".client_auth",
             "required key is missing: client certificates are always verified");
-  } else if (l.map(auth, p + ".client_auth", {"truststore", "max_chain_depth", "send_ca_names"})) {
+  } else if (l.map(auth, p + ".client_auth",
+                   {"truststore", "max_chain_depth", "send_ca_names", "chain_cache_size"})) {
     const auto a = p + ".client_auth";
     l.path(auth, a, "truststore", listener.client_auth.truststore, true, true);
     l.integer(auth, a, "max_chain_depth", listener.client_auth.max_chain_depth, 1, 16);
     l.boolean(auth, a, "send_ca_names", listener.client_auth.send_ca_names);
+    l.integer(auth, a, "chain_cache_size", listener.client_auth.chain_cache_size, 0, 10'000'000);
   }
 
   l.choice(node, p, "identity_headers", listener.identity_headers,

@@ -1,6 +1,7 @@
 #include "portcullis/tls/server_context.hpp"
 
 #include "portcullis/tls/session_tickets.hpp"
+#include "portcullis/tls/verified_chains.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -28,6 +29,7 @@ struct VerifyState {
   std::shared_ptr<const revocation::Checker> revocation;
   // Random per SSL_CTX: a ticket's revocation stamp counts only in the context that made it.
   std::uint64_t context = 0;
+  std::unique_ptr<VerifiedChains> chains;  // null: every chain is verified afresh
 };
 
 void free_verify_state(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
@@ -165,6 +167,12 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
       return 0;
   }
   return 0;
+}
+
+// Builds and verifies the client's chain (OpenSSL's X509_verify_cert, or the cache's copy of its
+// result), calling verify_callback for each certificate either way.
+int verify_chain(X509_STORE_CTX* store_ctx, void* chains) {
+  return static_cast<VerifiedChains*>(chains)->verify(store_ctx);
 }
 
 // Session tickets carry a revocation stamp, inside the encrypted ticket: which context issued
@@ -488,6 +496,13 @@ void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source) {
   }
 }
 
+std::optional<ChainCacheStats> chain_cache_stats(const SSL_CTX* ctx) {
+  const auto* state =
+      ctx ? static_cast<const VerifyState*>(SSL_CTX_get_ex_data(ctx, ctx_state_index())) : nullptr;
+  if (!state || !state->chains) return std::nullopt;
+  return ChainCacheStats{state->chains->size(), state->chains->hits(), state->chains->misses()};
+}
+
 std::uint64_t revocation_checked_generation(const SSL* ssl) {
   return ssl ? checked_generation(ssl) : 0;
 }
@@ -581,7 +596,16 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
     SSL_CTX_set_client_CA_list(ctx.get(), names);  // takes ownership
   }
   auto state =
-      std::make_unique<VerifyState>(VerifyState{options.truststore, options.revocation, 0});
+      std::make_unique<VerifyState>(VerifyState{options.truststore, options.revocation, 0, {}});
+  if (listener.client_auth.chain_cache_size < 0) {
+    throw TlsError(fmt::format("{}client_auth.chain_cache_size: {} is negative", where,
+                               listener.client_auth.chain_cache_size));
+  }
+  if (listener.client_auth.chain_cache_size > 0) {
+    state->chains = std::make_unique<VerifiedChains>(
+        static_cast<std::size_t>(listener.client_auth.chain_cache_size));
+    SSL_CTX_set_cert_verify_callback(ctx.get(), verify_chain, state->chains.get());
+  }
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&state->context), sizeof(state->context)) != 1) {
     throw_openssl_error(where + "cannot draw a random context id");
   }

@@ -158,12 +158,19 @@ class CrlEnforcement(unittest.TestCase):
         self.assertEqual(self.gateway.admin("/readyz")[0], 200)
 
     def test_z_revocation_published_while_running_takes_effect(self):
+        hits = 'portcullis_tls_chain_cache_lookups_total{listener="public",result="hit"}'
         self.assertEqual(self.request(self.later)[1], 200)
+        self.assertEqual(self.request(self.later)[1], 200)
+        before = self.gateway.metric(hits)
+        self.assertGreaterEqual(before, 1, "the second handshake found the verified chain")
         old = crl_source_status(self.gateway, self.inter_url)["crl_number"]
         self.pki.inter.revoke(self.later["cert"])
         self.crls.files["inter.crl"] = self.pki.inter.crl()
         refresh_and_wait(self.gateway, self.inter_url, lambda s: s["crl_number"] != old)
         self.assert_refused(self.later, "revoked")
+        # Refused though its chain came from the verified chain cache: revocation is checked for
+        # every handshake.
+        self.assertEqual(self.gateway.metric(hits), before + 1)
         self.assertEqual(self.request(self.good)[1], 200)
 
     def test_z_keepalive_connection_of_newly_revoked_client_is_cut_off(self):

@@ -58,6 +58,9 @@ struct ClientAuth {
   // trust anchor (OpenSSL's verify depth, NGINX's ssl_verify_depth).
   int max_chain_depth = 4;
   bool send_ca_names = true;  // list the truststore's roots in the CertificateRequest
+  // Client chains remembered once verified, so that a client seen before is not verified again
+  // (its revocation is still checked every time); 0 = verify every chain afresh.
+  int chain_cache_size = 10000;
 };
 
 enum class IdentityPreset { standard, rfc9440, xfcc, aws_alb };  // "default" in YAML = standard

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -29,7 +30,9 @@ struct ServerContextOptions {
 // "listeners[0].tls.groups: group 'X25519MLKEM768' is not available in OpenSSL 3.0.22 (...)".
 // Client certificates are required (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT), verified
 // against the truststore with the TLS client purpose and max_chain_depth, then passed to the
-// revocation Checker (leaf, or the whole chain below the anchor). The SSL_CTX keeps the
+// revocation Checker (leaf, or the whole chain below the anchor). Chains that verified are
+// remembered (VerifiedChains, client_auth.chain_cache_size), so a client seen before skips the
+// chain's signatures; the revocation check still runs for every handshake. The SSL_CTX keeps the
 // truststore and the Checker alive; it owns its verify and info callbacks (do not replace them).
 SslCtxPtr build_server_context(const ServerContextOptions& options);
 
@@ -41,6 +44,16 @@ using StapleSource = std::function<std::shared_ptr<const std::string>()>;
 // and with no status when it returns null. The SSL_CTX keeps `source` alive. Call before the
 // context is shared with io threads.
 void enable_ocsp_stapling(SSL_CTX* ctx, StapleSource source);
+
+// The listener's cache of verified client chains (client_auth.chain_cache_size): the chains it
+// holds, and its lookups since the context was built. None when the cache is off.
+struct ChainCacheStats {
+  std::size_t chains = 0;
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+  bool operator==(const ChainCacheStats&) const = default;
+};
+std::optional<ChainCacheStats> chain_cache_stats(const SSL_CTX* ctx);
 
 // The revocation generation (Checker::generation()) this connection's chain was checked
 // against in its handshake: by the verify callback in a full handshake, or, for a resumed

@@ -187,3 +187,29 @@ TEST_CASE("session resumption settings", "[config]") {
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("the verified chain cache size", "[config]") {
+  const auto dir = config_dir();
+  const auto auth = [&](const std::string& extra) {
+    auto text = with_revocation("  mode: none\n");
+    const std::string plain = "client_auth: { truststore: trust.pem }";
+    text.replace(text.find(plain), plain.size(),
+                 "client_auth: { truststore: trust.pem" + extra + " }");
+    return parse_config(text, dir / "portcullis.yaml").config.listeners.at(0).client_auth;
+  };
+  CHECK(auth("").chain_cache_size == 10000);
+  CHECK(auth(", chain_cache_size: 0").chain_cache_size == 0);
+  CHECK(auth(", chain_cache_size: 500").chain_cache_size == 500);
+  for (const std::string bad : {", chain_cache_size: -1", ", chain_cache_size: many"}) {
+    INFO(bad);
+    try {
+      auth(bad);
+      FAIL("accepted");
+    } catch (const portcullis::config::ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Matchers::Contains(
+                               "portcullis.yaml:5: listeners[0].client_auth.chain_cache_size: "
+                               "expected an integer"));
+    }
+  }
+  std::filesystem::remove_all(dir);
+}

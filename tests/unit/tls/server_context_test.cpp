@@ -248,6 +248,13 @@ std::string build_error(const Fixture& fixture) {
   return "no error";
 }
 
+// The listener's verified chain cache: it must have one.
+ChainCacheStats cache_of(const SSL_CTX* ctx) {
+  const auto stats = chain_cache_stats(ctx);
+  REQUIRE(stats);
+  return *stats;
+}
+
 constexpr int alert_handshake_failure = 40;
 constexpr int alert_unsupported_certificate = 43;
 constexpr int alert_certificate_revoked = 44;
@@ -503,6 +510,87 @@ TEST_CASE("the revocation hook", "[server_context][revocation]") {
   }
 }
 
+TEST_CASE("a client's chain is verified once; revocation is checked every time",
+          "[server_context][revocation]") {
+  Fixture f;
+  const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
+  INFO("version " << std::hex << version);
+  const auto client = f.client(leaf_spec("client-1"));
+  const auto client_ctx = f.client_context(&client, {&f.intermediate});
+  auto checker = std::make_shared<StubChecker>();
+
+  SECTION("the second handshake is served from the cache") {
+    const auto server_ctx = f.server_context(checker);
+    const auto first = handshake(server_ctx.get(), client_ctx.get(), version);
+    const auto second = handshake(server_ctx.get(), client_ctx.get(), version);
+    CHECK(first.server_ok);
+    CHECK(second.server_ok);
+    CHECK(second.client_ok);
+    CHECK_FALSE(second.resumed);
+    CHECK(cache_of(server_ctx.get()) == ChainCacheStats{1, 1, 1});  // chains, hits, misses
+    // The leaf was checked for revocation in both, against its issuer.
+    REQUIRE(checker->calls.size() == 2);
+    CHECK(checker->calls[1].subject == "CN=client-1");
+    CHECK(checker->calls[1].issuer == "CN=Test Intermediate");
+    // The session holds the truststore's intermediate, as after a full verification.
+    REQUIRE(second.server_peer_chain.size() == 1);
+    CHECK(second.server_peer_chain[0].get() == f.truststore_intermediate());
+
+    // Revoked since: refused from the cache with the certificate_revoked alert.
+    checker->leaf_status = revocation::Status::revoked;
+    const auto revoked = handshake(server_ctx.get(), client_ctx.get(), version);
+    CHECK_FALSE(revoked.server_ok);
+    CHECK_FALSE(revoked.client_ok);
+    CHECK(revoked.reason == "revoked");
+    CHECK(revoked.client_alert == alert_certificate_revoked);
+    // The whole chain, when the checker asks for it.
+    checker->leaf_status = revocation::Status::good;
+    checker->ca_status = revocation::Status::revoked;
+    checker->whole_chain = true;
+    checker->calls.clear();
+    const auto ca_revoked = handshake(server_ctx.get(), client_ctx.get(), version);
+    CHECK_FALSE(ca_revoked.server_ok);
+    CHECK(ca_revoked.reason == "revoked");
+    REQUIRE(checker->calls.size() == 1);
+    CHECK(checker->calls[0].subject == "CN=Test Intermediate");
+    CHECK(cache_of(server_ctx.get()) == ChainCacheStats{1, 3, 1});
+  }
+  SECTION("an intermediate only the client sends") {
+    f.truststore = Truststore::load(f.dir / "root.pem");
+    const auto server_ctx = f.server_context(checker);
+    CHECK(handshake(server_ctx.get(), client_ctx.get(), version).server_ok);
+    CHECK(handshake(server_ctx.get(), client_ctx.get(), version).server_ok);
+    // Sending the leaf alone is another key, and there is no path without the intermediate.
+    const auto leaf_only = f.client_context(&client);
+    const auto missing = handshake(server_ctx.get(), leaf_only.get(), version);
+    CHECK_FALSE(missing.server_ok);
+    CHECK(missing.reason == "unknown_ca");
+    CHECK(cache_of(server_ctx.get()) == ChainCacheStats{1, 1, 2});
+  }
+  SECTION("a refused chain is not kept: expired, again and again") {
+    auto spec = leaf_spec("client-expired");
+    spec.not_before_offset = -std::chrono::hours(48);
+    spec.not_after_offset = -std::chrono::hours(24);
+    const auto expired = f.client(spec);
+    const auto expired_ctx = f.client_context(&expired, {&f.intermediate});
+    const auto server_ctx = f.server_context(checker);
+    for (int i = 0; i < 2; ++i) {
+      const auto outcome = handshake(server_ctx.get(), expired_ctx.get(), version);
+      CHECK_FALSE(outcome.server_ok);
+      CHECK(outcome.reason == "expired");
+    }
+    CHECK(cache_of(server_ctx.get()) == ChainCacheStats{0, 0, 2});
+  }
+  SECTION("chain_cache_size: 0 verifies every chain afresh") {
+    f.listener.client_auth.chain_cache_size = 0;
+    const auto server_ctx = f.server_context(checker);
+    CHECK(handshake(server_ctx.get(), client_ctx.get(), version).server_ok);
+    CHECK(handshake(server_ctx.get(), client_ctx.get(), version).server_ok);
+    CHECK_FALSE(chain_cache_stats(server_ctx.get()));
+    CHECK(checker->calls.size() == 2);
+  }
+}
+
 TEST_CASE("sessions resume only under the same session id context", "[server_context]") {
   Fixture f;
   const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
@@ -699,6 +787,10 @@ TEST_CASE("configuration errors name the file or key", "[server_context]") {
   SECTION("invalid cipher list") {
     f.listener.tls.ciphers = "NOT-A-CIPHER";
     CHECK_THAT(build_error(f), Contains("tls.ciphers: 'NOT-A-CIPHER'"));
+  }
+  SECTION("a negative chain cache size") {
+    f.listener.client_auth.chain_cache_size = -1;
+    CHECK_THAT(build_error(f), Contains("client_auth.chain_cache_size: -1 is negative"));
   }
   SECTION("no truststore") {
     ServerContextOptions options;

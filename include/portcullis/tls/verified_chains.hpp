@@ -1,0 +1,83 @@
+#pragma once
+// Client certificate chains that passed verification, so that a client seen before is not
+// verified again. OpenSSL rebuilds the chain and checks every signature in it for each full
+// handshake (two ECDSA verifications for a leaf and its intermediate, an eighth of the
+// handshake's CPU), though the outcome depends only on the certificates, the truststore, the
+// verification settings and the time.
+//
+// An entry is keyed by the SHA-256 of exactly what the client sent (every certificate, in
+// order) and holds the chain it verified to: which of the sent certificates, and the
+// truststore's own objects for the rest. A lookup that finds one, with every certificate of
+// the chain valid now, skips the build and the signatures; the verify callback is still called
+// for every certificate of the chain, anchor first, as X509_verify_cert calls it, so the
+// revocation check runs for every handshake as before. Only chains that verified without an
+// error are kept, the oldest unused entry goes first, and entries hold no decoded copy of a
+// client's own certificates (about 250 bytes each).
+//
+// One instance serves one SSL_CTX: its truststore and verification settings are fixed for its
+// life (a reload builds a new context, and with it an empty cache).
+// Thread-safety: verify() may be called from any number of threads at once.
+
+#include "portcullis/tls/openssl.hpp"
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <ctime>
+#include <list>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace portcullis::tls {
+
+class VerifiedChains {
+ public:
+  // capacity > 0: the most chains kept.
+  explicit VerifiedChains(std::size_t capacity);
+  ~VerifiedChains();
+  VerifiedChains(const VerifiedChains&) = delete;
+  VerifiedChains& operator=(const VerifiedChains&) = delete;
+
+  // Verifies the chain of `ctx` (initialised with the client's leaf and, as untrusted, what it
+  // sent) as X509_verify_cert does, from the cache when it can. Returns 1 when it verifies and
+  // leaves the chain in the context (X509_STORE_CTX_get0_chain); 0 with the context's error
+  // set when it does not. Certificates must be valid now, or at the context's fixed time
+  // (X509_VERIFY_PARAM_set_time); a context that checks no time is always verified afresh.
+  int verify(X509_STORE_CTX* ctx);
+
+  std::size_t size() const;
+  std::uint64_t hits() const noexcept { return hits_.load(std::memory_order_relaxed); }
+  std::uint64_t misses() const noexcept { return misses_.load(std::memory_order_relaxed); }
+
+ private:
+  using Key = std::array<unsigned char, 32>;
+  struct KeyHash {
+    std::size_t operator()(const Key& key) const noexcept;
+  };
+  // One certificate of a verified chain: the sent certificate at `sent`, or (sent < 0) `held`.
+  struct Link {
+    int sent = -1;
+    X509Ptr held;
+  };
+  struct Entry {
+    Key key{};
+    std::time_t valid_from = 0;   // the latest notBefore in the chain
+    std::time_t valid_until = 0;  // the earliest notAfter in the chain (valid while now < it)
+    std::vector<Link> chain;      // leaf first, anchor last
+  };
+
+  bool key_of(const std::vector<X509*>& sent, Key& key) const;
+  X509StackPtr chain_from_cache(const Key& key, const std::vector<X509*>& sent, std::time_t now);
+  void remember(const Key& key, const std::vector<X509*>& sent, STACK_OF(X509) * chain);
+
+  const std::size_t capacity_;
+  EVP_MD* sha256_ = nullptr;
+  mutable std::mutex mutex_;
+  std::list<Entry> entries_;  // most recently used first
+  std::unordered_map<Key, std::list<Entry>::iterator, KeyHash> index_;
+  std::atomic<std::uint64_t> hits_{0};
+  std::atomic<std::uint64_t> misses_{0};
+};
+
+}  // namespace portcullis::tls
