@@ -9,6 +9,7 @@
 #include "portcullis/revocation/checker_factory.hpp"
 #include "portcullis/revocation/crl_refresher.hpp"
 #include "portcullis/revocation/ocsp_stapler.hpp"
+#include "portcullis/tls/library_context.hpp"
 #include "portcullis/tls/server_context.hpp"
 #include "portcullis/util/logging.hpp"
 
@@ -541,6 +542,11 @@ int Gateway::run(std::function<void()> on_ready) {
   }
   spdlog::info("admin on {}",
                config::HostPort{cfg.admin.address.host, s.admin->port()}.to_string());
+  if (!tls::handshake_library_context()) {
+    spdlog::info(
+        "OpenSSL is configured with providers beyond the default one (or FIPS mode): TLS "
+        "handshakes use the default library context, whose certificate decoding is slower");
+  }
   if (on_ready) on_ready();
   notify_ready(fmt::format("serving on {}", s.listeners.front()->address()));
   s.watched = s.file_stamps();

@@ -1,11 +1,13 @@
 #include "portcullis/tls/server_context.hpp"
 
+#include "portcullis/tls/library_context.hpp"
 #include "portcullis/tls/session_tickets.hpp"
 #include "portcullis/tls/verified_chains.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -424,6 +426,10 @@ void require_file(const std::filesystem::path& path, const std::string& key) {
   }
 }
 
+int no_passphrase(char*, int, int, void*) {
+  return -1;
+}
+
 void load_certificate_and_key(SSL_CTX* ctx, const config::ServerTls& tls,
                               const std::string& where) {
   const auto cert = tls.certificate.string();
@@ -435,7 +441,13 @@ void load_certificate_and_key(SSL_CTX* ctx, const config::ServerTls& tls,
         "{}tls.certificate: {} is not a PEM certificate chain (leaf first, then intermediates)",
         where, cert));
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+  // Read through the default library context: the handshake context has no PEM decoders.
+  // No passphrase callback: an encrypted key fails instead of prompting on a terminal.
+  BioPtr key_file(BIO_new_file(key.c_str(), "r"));
+  EvpPkeyPtr pkey(key_file ? PEM_read_bio_PrivateKey_ex(key_file.get(), nullptr, no_passphrase,
+                                                        nullptr, nullptr, nullptr)
+                           : nullptr);
+  if (!pkey || SSL_CTX_use_PrivateKey(ctx, pkey.get()) != 1) {
     // OpenSSL also lands here when the key parses but belongs to another certificate.
     const unsigned long error = ERR_peek_last_error();
     if (ERR_GET_LIB(error) == ERR_LIB_X509 && ERR_GET_REASON(error) == X509_R_KEY_VALUES_MISMATCH) {
@@ -526,7 +538,7 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
   const auto where = options.config_key.empty() ? fmt::format("listener '{}': ", listener.name)
                                                 : options.config_key + ".";
 
-  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  SslCtxPtr ctx(SSL_CTX_new_ex(handshake_library_context(), nullptr, TLS_server_method()));
   if (!ctx) throw_openssl_error(where + "cannot create a TLS context");
 
   int min_version = 0;

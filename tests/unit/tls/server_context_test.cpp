@@ -1,10 +1,12 @@
 #include "portcullis/tls/server_context.hpp"
 
+#include "portcullis/tls/library_context.hpp"
 #include "portcullis/tls/pki_builder.hpp"
 #include "portcullis/tls/truststore.hpp"
 #include "test_support.hpp"
 
 #include <openssl/err.h>
+#include <openssl/provider.h>
 #include <catch2/catch.hpp>
 
 #include <memory>
@@ -67,6 +69,7 @@ struct Outcome {
   std::vector<std::string> ca_names;
   SslSessionPtr session;
   std::vector<X509Ptr> server_peer_chain;  // SSL_get_peer_cert_chain() on the server side
+  X509Ptr server_peer;                     // SSL_get1_peer_certificate() on the server side
 };
 
 void on_client_info(const SSL* ssl, int where, int ret) {
@@ -156,6 +159,7 @@ Outcome handshake(SSL_CTX* server_ctx, SSL_CTX* client_ctx, int version = TLS1_3
     }
   }
   outcome.session.reset(SSL_get1_session(client.get()));
+  outcome.server_peer.reset(SSL_get1_peer_certificate(server.get()));
   if (STACK_OF(X509)* chain = SSL_get_peer_cert_chain(server.get())) {
     for (int i = 0; i < sk_X509_num(chain); ++i) {
       X509* cert = sk_X509_value(chain, i);
@@ -255,6 +259,13 @@ ChainCacheStats cache_of(const SSL_CTX* ctx) {
   return *stats;
 }
 
+// The name of the provider that decoded the certificate's public key.
+std::string key_provider(X509* cert) {
+  EVP_PKEY* key = cert ? X509_get0_pubkey(cert) : nullptr;
+  const OSSL_PROVIDER* provider = key ? EVP_PKEY_get0_provider(key) : nullptr;
+  return provider ? OSSL_PROVIDER_get0_name(provider) : "";
+}
+
 constexpr int alert_handshake_failure = 40;
 constexpr int alert_unsupported_certificate = 43;
 constexpr int alert_certificate_revoked = 44;
@@ -286,6 +297,8 @@ TEST_CASE("a client with a good certificate is accepted", "[server_context]") {
   // The server sends its chain file: the client builds a path to the root.
   CHECK(outcome.client_verify_result == X509_V_OK);
   CHECK(outcome.ca_names == std::vector<std::string>{"/CN=Test Root"});
+  // The client's certificate was decoded in the trimmed handshake context.
+  CHECK(key_provider(outcome.server_peer.get()) == "portcullis-default");
 }
 
 TEST_CASE("ALPN: http/1.1 or nothing, never a failure", "[server_context]") {
@@ -634,6 +647,9 @@ TEST_CASE("context settings", "[server_context]") {
     CHECK(SSL_CTX_get_verify_mode(ctx.get()) ==
           (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT));
     CHECK(SSL_CTX_get_verify_depth(ctx.get()) == 4);
+    // Made in the trimmed handshake context: certificates it reads decode there.
+    REQUIRE(handshake_library_context() != nullptr);
+    CHECK(key_provider(SSL_CTX_get0_certificate(ctx.get())) == "portcullis-default");
     // Without shared ticket keys sessions stay in the context's cache; a TLS 1.3 ticket names one.
     CHECK(SSL_CTX_get_session_cache_mode(ctx.get()) == SSL_SESS_CACHE_SERVER);
     CHECK(SSL_CTX_sess_get_cache_size(ctx.get()) == 20480);
@@ -742,6 +758,19 @@ TEST_CASE("configuration errors name the file or key", "[server_context]") {
     f.listener.tls.private_key = f.dir / "rsa.key";
     CHECK_THAT(build_error(f),
                Contains((f.dir / "rsa.key").string()) && Contains("does not match"));
+  }
+  SECTION("an encrypted key is refused, without asking for a passphrase") {
+    EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+    BioPtr bio(BIO_new(BIO_s_mem()));
+    static char passphrase[] = "secret";
+    REQUIRE(PEM_write_bio_PKCS8PrivateKey(bio.get(), key.get(), EVP_aes_256_cbc(), passphrase,
+                                          sizeof(passphrase) - 1, nullptr, nullptr) == 1);
+    char* data = nullptr;
+    const long length = BIO_get_mem_data(bio.get(), &data);
+    write_file(f.dir / "encrypted.key", std::string(data, static_cast<std::size_t>(length)), true);
+    f.listener.tls.private_key = f.dir / "encrypted.key";
+    CHECK_THAT(build_error(f), Contains((f.dir / "encrypted.key").string()) &&
+                                   Contains("is not an unencrypted PEM private key"));
   }
   SECTION("missing certificate file") {
     f.listener.tls.certificate = f.dir / "nope.pem";
