@@ -98,6 +98,13 @@ boost::asio::awaitable<std::pair<boost::system::error_code, std::size_t>> read_b
   co_return std::pair{ec, ec ? 0 : chunk.size() - body.size};
 }
 
+// How the header of a message with a Content-Length body that fits in one piece goes out when
+// none of the body has arrived with it.
+enum class SmallBody {
+  header_first,    // at once, and the body after it
+  with_the_header  // with the body's first bytes, once they are read: one TLS record, not two
+};
+
 // Writes the (already transformed) header, then the body if `with_body`. `preread` is the
 // number of body bytes already read into `chunk` (the first piece, read before forwarding).
 // The first piece of the body, when it is at hand, goes out in the same write as the header.
@@ -108,7 +115,7 @@ boost::asio::awaitable<RelayResult> relay_message(
     boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser, Out& out,
     bool with_body, std::chrono::milliseconds read_timeout, std::chrono::milliseconds write_timeout,
     std::vector<char>& chunk, std::optional<std::size_t> preread = std::nullopt,
-    std::string_view added_lines = {}) {
+    std::string_view added_lines = {}, SmallBody small_body = SmallBody::header_first) {
   namespace http = boost::beast::http;
   using boost::asio::as_tuple;
   using boost::asio::use_awaitable;
@@ -141,6 +148,17 @@ boost::asio::awaitable<RelayResult> relay_message(
     const auto head = serialize_header(parser.get(), added_lines);
     std::size_t piece = with_body && preread ? *preread : 0;
     preread.reset();
+    const auto length = parser.content_length();
+    if (small_body == SmallBody::with_the_header && with_body && piece == 0 && !parser.is_done() &&
+        length && *length <= chunk.size()) {
+      // An upstream that writes its header and its body apart would otherwise cost the client
+      // two records, two segments and an extra ACK for a small response.
+      while (piece == 0 && !parser.is_done()) {
+        std::tie(result.read_error, piece) =
+            co_await read_body_piece(in, in_buffer, parser, chunk, read_timeout);
+        if (result.read_error) co_return result;
+      }
+    }
     for (bool first = true; first || (with_body && !parser.is_done()); first = false) {
       if (!first) {
         std::tie(result.read_error, piece) =

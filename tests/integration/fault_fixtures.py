@@ -10,7 +10,8 @@ import subprocess
 import threading
 import time
 
-MODES = ("ok", "refuse", "hang", "trickle", "reset", "oversized", "corrupt", "close_on_reuse")
+MODES = ("ok", "refuse", "hang", "trickle", "reset", "head_then_reset", "oversized", "corrupt",
+         "close_on_reuse")
 
 
 class FaultServer:
@@ -23,6 +24,7 @@ class FaultServer:
       trickle         sends the answer one byte every `trickle_interval` seconds
       reset           sends the head and half the body, then resets the connection (RST),
                       once `reset_gate` is set when there is one
+      head_then_reset sends the head alone, then resets the connection before any of the body
       oversized       answers 200 with a chunked body that does not end (stops after
                       `oversized_cap` bytes or when the peer stops reading)
       corrupt         the answer's body with its middle third scrambled
@@ -216,6 +218,10 @@ class FaultServer:
                 if self.stopped.wait(self.trickle_interval):
                     return False
             return True
+        if mode == "head_then_reset":
+            self._send(conn, head)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
         if mode == "reset":
             self._send(conn, head + body[:len(body) // 2])
             if self.reset_gate:

@@ -314,9 +314,10 @@ class UpstreamFaults(GatewayCase):
         cls.reset.reset_gate = threading.Event()
         cls.stall = FaultServer(mode="hang")
         cls.reuse = FaultServer(mode="close_on_reuse")
+        cls.head_reset = FaultServer(mode="head_then_reset")
         routes = "".join(f"""      - match: {{ host: "*", path_prefix: /{name} }}
         upstream: {name}
-""" for name in ("refused", "reset", "stall", "reuse")) + """      - match: { host: "*", path_prefix: / }
+""" for name in ("refused", "reset", "stall", "reuse", "headreset")) + """      - match: { host: "*", path_prefix: / }
         upstream: app
 """
         cls.gateway = PKI.gateway(routes=routes, upstreams=f"""  app: {{ endpoints: ["127.0.0.1:{UPSTREAM.port}"] }}
@@ -324,6 +325,7 @@ class UpstreamFaults(GatewayCase):
   reset: {{ endpoints: ["127.0.0.1:{cls.reset.port}"] }}
   stall: {{ endpoints: ["127.0.0.1:{cls.stall.port}"], response_timeout: 1s }}
   reuse: {{ endpoints: ["127.0.0.1:{cls.reuse.port}"] }}
+  headreset: {{ endpoints: ["127.0.0.1:{cls.head_reset.port}"] }}
 """)
         cls.context = client_context(PKI, PKI.good)
 
@@ -331,7 +333,7 @@ class UpstreamFaults(GatewayCase):
     def tearDownClass(cls):
         cls.gateway.stop()
         cls.reset.reset_gate.set()
-        for server in (cls.reset, cls.stall, cls.reuse):
+        for server in (cls.reset, cls.stall, cls.reuse, cls.head_reset):
             server.stop()
 
     def errors(self, kind):
@@ -365,6 +367,19 @@ class UpstreamFaults(GatewayCase):
                     conn.read_body(headers)
                 self.assertLess(time.monotonic() - started, 5, "the client was left hanging")
         wait_for(lambda: self.errors("reset") == before + 5, what="five resets counted")
+        self.assert_survived(self.gateway, fds)
+
+    def test_upstream_reset_after_a_small_response_head_is_a_502(self):
+        # A small response's head waits for its body, so nothing has reached the client when the
+        # upstream fails: the client gets a proper answer instead of a cut connection.
+        fds = self.baseline(self.gateway)
+        before = self.errors("reset")
+        for _ in range(3):
+            with TlsConnection(self.gateway.port, self.context, 10) as conn:
+                status, _, body = conn.request(get("/headreset"))
+            self.assertEqual(status, 502)
+            self.assertIn(b"upstream failed", body)
+        self.assertEqual(self.errors("reset"), before + 3)
         self.assert_survived(self.gateway, fds)
 
     def test_stalled_upstream_is_a_504_after_the_response_timeout(self):
