@@ -441,8 +441,8 @@ void load_certificate_and_key(SSL_CTX* ctx, const config::ServerTls& tls,
         "{}tls.certificate: {} is not a PEM certificate chain (leaf first, then intermediates)",
         where, cert));
   }
-  // Read through the default library context: the handshake context has no PEM decoders.
-  // No passphrase callback: an encrypted key fails instead of prompting on a terminal.
+  // Read through the default library context, whose providers decode private keys (the
+  // handshake context has no decoders for them). An encrypted key fails rather than prompt.
   BioPtr key_file(BIO_new_file(key.c_str(), "r"));
   EvpPkeyPtr pkey(key_file ? PEM_read_bio_PrivateKey_ex(key_file.get(), nullptr, no_passphrase,
                                                         nullptr, nullptr, nullptr)

@@ -4,8 +4,8 @@
 // OpenSSL 3.0 decodes the public key of every certificate it parses, and each decode sets up
 // a decoder chain from scratch: it walks every decoder the library context offers, and every
 // pair of them, by name (3.1 caches that set-up; 3.0 does not). A full mTLS handshake parses
-// the client's leaf and intermediate, a resumed one the leaf stored in its session, and that
-// set-up was a fifth of a full handshake's CPU. A certificate only ever holds a DER
+// the client's leaf and intermediate (a resumption from a stateless ticket, the leaf stored in
+// it), and that set-up was a fifth of a full handshake's CPU. A certificate only ever holds a DER
 // SubjectPublicKeyInfo, so the context made here offers the default provider's algorithms
 // unchanged but only the decoders of that one structure (12 of its 41), which halves the cost
 // of a decode and gives the same keys.
@@ -14,8 +14,8 @@
 // FIPS mode): a system that loads other providers through its OpenSSL configuration (FIPS,
 // legacy, a hardware module) keeps them, and gets the default context (nullptr).
 //
-// The context offers no PEM or private-key decoders: load private keys and PEM through the
-// default context and hand the objects to the SSL_CTX.
+// It has no decoders for private keys (OpenSSL falls back to its legacy code for those there):
+// read private keys through the default context and hand the object to the SSL_CTX.
 
 #include <openssl/types.h>
 
