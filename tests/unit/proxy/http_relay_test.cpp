@@ -2,6 +2,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -125,8 +126,8 @@ struct RelayRun {
   std::string received;  // all the client got
 };
 
-// An upstream writes `head`, waits `pause` (a slow upstream), then writes `body` (or closes when
-// `body` is empty); the relay forwards the response to a client.
+// An upstream writes `head`, then `body` (or closes, when `body` is empty) once the client has
+// received something or 50 ms have passed; the relay forwards the response to the client.
 RelayRun relay_response(const std::string& head, const std::string& body,
                         portcullis::proxy::SmallBody small_body, std::size_t chunk_size = 1024) {
   net::io_context io;
@@ -141,8 +142,12 @@ RelayRun relay_response(const std::string& head, const std::string& body,
       io,
       [&]() -> net::awaitable<void> {
         co_await net::async_write(upstream, net::buffer(head), net::use_awaitable);
-        net::steady_timer pause(io, std::chrono::milliseconds(50));
-        co_await pause.async_wait(net::use_awaitable);
+        // The body follows once the client has something, or after 50 ms of nothing: the
+        // bound on how long a held header is watched for.
+        using namespace boost::asio::experimental::awaitable_operators;
+        net::steady_timer watch(io, std::chrono::milliseconds(50));
+        co_await (client.async_wait(tcp::socket::wait_read, net::use_awaitable) ||
+                  watch.async_wait(net::use_awaitable));
         run.held_before_body = client.available();
         if (body.empty()) {
           upstream.close();
