@@ -811,26 +811,19 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
                              upstream.response_timeout, cfg_.idle_timeout, chunk(), std::nullopt,
                              {}, SmallBody::with_the_header);
   ex.bytes_out = received.body_bytes;
-  if (received.read_error && !received.header_written) {
-    // The body broke off before anything of the response went out: the client can be told.
-    const auto failure =
-        classify_upstream_failure(received.read_error, "upstream_timeout",
-                                  {admin::UpstreamError::reset, "upstream_body_error"});
-    metrics.upstream_error(failure.kind);
-    ex.reason = failure.reason;
-    const bool timeout = failure.kind == admin::UpstreamError::timeout;
-    co_await respond(timeout ? 504 : 502, "text/plain; charset=utf-8",
-                     timeout ? "504 Gateway Timeout: upstream did not answer in time\n"
-                             : "502 Bad Gateway: upstream failed\n",
-                     false, ex);
-    co_return false;
-  }
   if (received.read_error) {
-    // The response is already under way: the only honest signal left is to cut the connection.
-    metrics.upstream_error(received.read_error == beast::error::timeout
-                               ? admin::UpstreamError::timeout
-                               : admin::UpstreamError::reset);
-    ex.reason = "upstream_body_error";
+    const bool timeout = received.read_error == beast::error::timeout;
+    metrics.upstream_error(timeout ? admin::UpstreamError::timeout : admin::UpstreamError::reset);
+    ex.reason = timeout && !received.header_written ? "upstream_timeout" : "upstream_body_error";
+    // Nothing of the response went out yet (a small body is held for its header): the client
+    // can still be told. Once it is under way, the only honest signal left is to cut the
+    // connection.
+    if (!received.header_written) {
+      co_await respond(timeout ? 504 : 502, "text/plain; charset=utf-8",
+                       timeout ? "504 Gateway Timeout: upstream did not answer in time\n"
+                               : "502 Bad Gateway: upstream failed\n",
+                       false, ex);
+    }
     co_return false;
   }
   if (received.write_error) {
