@@ -13,12 +13,41 @@ namespace {
 // The provider the trimmed context loads: the default provider, loaded into a private context
 // of its own, passed through operation by operation. Its algorithms run with the default
 // provider's own provider context, so they are the default provider's in every respect; only
-// the decoder table is cut down.
+// the decoder and key manager tables are cut down.
 struct Passthrough {
   OSSL_LIB_CTX* inner = nullptr;
   OSSL_PROVIDER* provider = nullptr;
   std::vector<OSSL_ALGORITHM> decoders;
+  std::vector<OSSL_ALGORITHM> key_managers;
 };
+
+// Key types a TLS peer of OpenSSL 3.0 cannot authenticate with. DH, DHX, X25519 and X448 only
+// agree keys: a certificate holding one can neither sign a CertificateVerify nor issue a
+// certificate. SM2 is not a TLS signature algorithm in 3.0; without its decoder a certificate
+// with an SM2 key parses with no key (so an SM2 signature by an intermediate the client sends
+// does not verify), and that decoder no longer runs, in full, on every EC key only to turn it
+// down.
+constexpr std::string_view unused_decoders[] = {"DH", "DHX", "X25519", "X448", "SM2"};
+
+// Key managers of KDFs and MACs wrapped as EVP_PKEYs, which libssl 3.0 does not use (it uses
+// EVP_KDF and EVP_MAC; HMAC stays, for PSK binders and TLS 1.2 CBC record MACs), and DHX and
+// SM2, whose only use here would be their decoders.
+constexpr std::string_view unused_key_managers[] = {"DHX",    "SM2",     "TLS1-PRF", "HKDF",
+                                                    "SCRYPT", "SIPHASH", "POLY1305", "CMAC"};
+
+// "DH:dhKeyAgreement:1.2.840.113549.1.3.1" → "DH".
+std::string_view first_name(const char* names) {
+  const std::string_view all = names;
+  return all.substr(0, all.find(':'));
+}
+
+template <std::size_t N>
+bool listed(const std::string_view (&list)[N], std::string_view name) {
+  for (const auto item : list) {
+    if (item == name) return true;
+  }
+  return false;
+}
 
 Passthrough& passthrough() {
   static Passthrough state;
@@ -54,11 +83,15 @@ const OSSL_ALGORITHM* passthrough_query(void*, int operation, int* no_cache) {
     *no_cache = 0;
     return state.decoders.data();
   }
+  if (operation == OSSL_OP_KEYMGMT) {
+    *no_cache = 0;
+    return state.key_managers.data();
+  }
   return OSSL_PROVIDER_query_operation(state.provider, operation, no_cache);
 }
 
 void passthrough_unquery(void*, int operation, const OSSL_ALGORITHM* algorithms) {
-  if (operation != OSSL_OP_DECODER) {
+  if (operation != OSSL_OP_DECODER && operation != OSSL_OP_KEYMGMT) {
     OSSL_PROVIDER_unquery_operation(passthrough().provider, operation, algorithms);
   }
 }
@@ -88,14 +121,23 @@ int passthrough_init(const OSSL_CORE_HANDLE*, const OSSL_DISPATCH*, const OSSL_D
     state.inner = OSSL_LIB_CTX_new();
     state.provider = state.inner ? OSSL_PROVIDER_load(state.inner, "default") : nullptr;
     if (!state.provider) return 0;
+    // Both tables point into the default provider's own, which live as long as the process.
     int no_cache = 0;
     const auto* all = OSSL_PROVIDER_query_operation(state.provider, OSSL_OP_DECODER, &no_cache);
     for (; all && all->algorithm_names; ++all) {
-      if (all->property_definition && decodes_der_spki(all->property_definition)) {
+      if (all->property_definition && decodes_der_spki(all->property_definition) &&
+          !listed(unused_decoders, first_name(all->algorithm_names))) {
         state.decoders.push_back(*all);
       }
     }
     state.decoders.push_back(OSSL_ALGORITHM{nullptr, nullptr, nullptr, nullptr});
+    all = OSSL_PROVIDER_query_operation(state.provider, OSSL_OP_KEYMGMT, &no_cache);
+    for (; all && all->algorithm_names; ++all) {
+      if (!listed(unused_key_managers, first_name(all->algorithm_names))) {
+        state.key_managers.push_back(*all);
+      }
+    }
+    state.key_managers.push_back(OSSL_ALGORITHM{nullptr, nullptr, nullptr, nullptr});
   }
   *provider_context = OSSL_PROVIDER_get0_provider_ctx(state.provider);
   *out = passthrough_dispatch;

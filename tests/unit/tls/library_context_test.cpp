@@ -9,6 +9,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,22 +20,46 @@ namespace {
 
 using LibCtxPtr = std::unique_ptr<OSSL_LIB_CTX, OpenSslDeleter<OSSL_LIB_CTX_free>>;
 
-std::vector<std::string> decoder_properties(OSSL_LIB_CTX* libctx) {
+// "EC provider=default,fips=yes,input=der,structure=SubjectPublicKeyInfo", one per decoder.
+std::vector<std::string> decoders(OSSL_LIB_CTX* libctx) {
   std::vector<std::string> out;
   OSSL_DECODER_do_all_provided(
       libctx,
       [](OSSL_DECODER* decoder, void* arg) {
-        static_cast<std::vector<std::string>*>(arg)->emplace_back(
+        static_cast<std::vector<std::string>*>(arg)->push_back(
+            std::string(OSSL_DECODER_get0_name(decoder)) + " " +
             OSSL_DECODER_get0_properties(decoder));
       },
       &out);
   return out;
 }
 
-bool decodes_der_spki(const std::string& properties) {
-  return properties.find("input=der") != std::string::npos &&
-         properties.find("structure=SubjectPublicKeyInfo") != std::string::npos;
+std::vector<std::string> key_managers(OSSL_LIB_CTX* libctx) {
+  std::vector<std::string> out;
+  EVP_KEYMGMT_do_all_provided(
+      libctx,
+      [](EVP_KEYMGMT* keymgmt, void* arg) {
+        static_cast<std::vector<std::string>*>(arg)->emplace_back(EVP_KEYMGMT_get0_name(keymgmt));
+      },
+      &out);
+  return out;
 }
+
+std::string name_of(const std::string& decoder) {
+  return decoder.substr(0, decoder.find(' '));
+}
+
+bool decodes_der_spki(const std::string& decoder) {
+  return decoder.find("input=der") != std::string::npos &&
+         decoder.find("structure=SubjectPublicKeyInfo") != std::string::npos;
+}
+
+bool contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// Key types no TLS peer of OpenSSL 3.0 authenticates with.
+const std::vector<std::string> not_for_tls = {"DH", "DHX", "X25519", "X448", "SM2"};
 
 struct KeyCase {
   const char* name;
@@ -42,8 +67,10 @@ struct KeyCase {
   const EVP_MD* digest;  // nullptr for EdDSA
 };
 
-// A self-signed certificate for `key`, as DER, made in the default context.
-std::vector<unsigned char> self_signed_der(EVP_PKEY* key, const EVP_MD* digest) {
+// A certificate for `key`, as DER, made in the default context: self-signed, or signed by
+// `signer`.
+std::vector<unsigned char> self_signed_der(EVP_PKEY* key, const EVP_MD* digest,
+                                           EVP_PKEY* signer = nullptr) {
   X509Ptr cert(X509_new());
   REQUIRE(cert);
   X509_set_version(cert.get(), 2);
@@ -54,13 +81,28 @@ std::vector<unsigned char> self_signed_der(EVP_PKEY* key, const EVP_MD* digest) 
   X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0);
   X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
   REQUIRE(X509_set_pubkey(cert.get(), key) == 1);
-  REQUIRE(X509_sign(cert.get(), key, digest) > 0);
+  REQUIRE(X509_sign(cert.get(), signer ? signer : key, digest) > 0);
   unsigned char* der = nullptr;
   const int length = i2d_X509(cert.get(), &der);
   REQUIRE(length > 0);
   std::vector<unsigned char> out(der, der + length);
   OPENSSL_free(der);
   return out;
+}
+
+EvpPkeyPtr dsa_key() {
+  EvpPkeyCtxPtr params_ctx(EVP_PKEY_CTX_new_from_name(nullptr, "DSA", nullptr));
+  EVP_PKEY* params = nullptr;
+  if (!params_ctx || EVP_PKEY_paramgen_init(params_ctx.get()) != 1 ||
+      EVP_PKEY_CTX_set_dsa_paramgen_bits(params_ctx.get(), 1024) != 1 ||
+      EVP_PKEY_paramgen(params_ctx.get(), &params) != 1)
+    return nullptr;
+  EvpPkeyPtr owned_params(params);
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, params, nullptr));
+  EVP_PKEY* key = nullptr;
+  if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_generate(ctx.get(), &key) != 1)
+    return nullptr;
+  return EvpPkeyPtr(key);
 }
 
 EvpPkeyPtr generate(const char* type) {
@@ -106,7 +148,7 @@ bool verifies(OSSL_LIB_CTX* libctx, EVP_PKEY* key, const EVP_MD* digest,
 
 }  // namespace
 
-TEST_CASE("the handshake context offers only the DER SubjectPublicKeyInfo decoders",
+TEST_CASE("the handshake context offers only the decoders of keys a certificate can sign with",
           "[library_context]") {
   // The test process runs Debian's configuration: the default provider alone.
   REQUIRE(runs_default_provider_only(nullptr));
@@ -115,17 +157,50 @@ TEST_CASE("the handshake context offers only the DER SubjectPublicKeyInfo decode
   CHECK(handshake_library_context() == trimmed);  // one for the process
 
   std::vector<std::string> expected;
-  for (const auto& properties : decoder_properties(nullptr)) {
-    if (decodes_der_spki(properties)) expected.push_back(properties);
+  for (const auto& decoder : decoders(nullptr)) {
+    if (decodes_der_spki(decoder) && !contains(not_for_tls, name_of(decoder)))
+      expected.push_back(decoder);
   }
-  REQUIRE(expected.size() >= 6);  // RSA, RSA-PSS, EC, Ed25519, Ed448 and the generic one at least
-  const auto kept = decoder_properties(trimmed);
+  const auto kept = decoders(trimmed);
   CHECK(kept == expected);
-  CHECK(kept.size() < decoder_properties(nullptr).size());
+  CHECK(kept.size() < decoders(nullptr).size());
+  std::vector<std::string> kept_names;
+  for (const auto& decoder : kept) kept_names.push_back(name_of(decoder));
+  // Every key type TLS signs with, and the generic decoder that reads the algorithm identifier.
+  for (const char* name : {"EC", "RSA", "RSA-PSS", "ED25519", "ED448", "DSA", "DER"}) {
+    INFO(name);
+    CHECK(contains(kept_names, name));
+  }
+  for (const auto& name : not_for_tls) {
+    INFO(name);
+    CHECK_FALSE(contains(kept_names, name));
+  }
 
   // The default provider is not loaded into it a second time, as a fallback would.
   CHECK(OSSL_PROVIDER_available(trimmed, "default") == 0);
   CHECK(OSSL_PROVIDER_available(trimmed, "portcullis-default") == 1);
+}
+
+TEST_CASE("the handshake context offers the key managers TLS uses, not the wrapped KDFs and MACs",
+          "[library_context]") {
+  OSSL_LIB_CTX* trimmed = handshake_library_context();
+  REQUIRE(trimmed != nullptr);
+  const std::vector<std::string> unused = {"DHX",    "SM2",     "TLS1-PRF", "HKDF",
+                                           "SCRYPT", "SIPHASH", "POLY1305", "CMAC"};
+  std::vector<std::string> expected;
+  for (const auto& name : key_managers(nullptr)) {
+    if (!contains(unused, name)) expected.push_back(name);
+  }
+  const auto kept = key_managers(trimmed);
+  CHECK(kept == expected);
+  CHECK(kept.size() < key_managers(nullptr).size());
+  // Certificate keys, key exchange (ECDHE, X25519, X448, FFDHE) and the HMAC keys of PSK
+  // binders and TLS 1.2 CBC record MACs.
+  for (const char* name :
+       {"EC", "RSA", "RSA-PSS", "ED25519", "ED448", "DSA", "X25519", "X448", "DH", "HMAC"}) {
+    INFO(name);
+    CHECK(contains(kept, name));
+  }
 }
 
 TEST_CASE("certificates decode to the same keys in the handshake context", "[library_context]") {
@@ -141,6 +216,7 @@ TEST_CASE("certificates decode to the same keys in the handshake context", "[lib
   cases.push_back({"RSA-PSS", generate("RSA-PSS"), EVP_sha256()});
   cases.push_back({"Ed25519", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")), nullptr});
   cases.push_back({"Ed448", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED448")), nullptr});
+  cases.push_back({"DSA", dsa_key(), EVP_sha256()});
 
   for (const auto& c : cases) {
     INFO(c.name);
@@ -201,5 +277,28 @@ TEST_CASE("runs_default_provider_only: other providers or FIPS mode keep the def
     REQUIRE(load(OSSL_PROVIDER_load(ctx.get(), "default")));
     REQUIRE(EVP_default_properties_enable_fips(ctx.get(), 1) == 1);
     CHECK_FALSE(runs_default_provider_only(ctx.get()));
+  }
+}
+
+TEST_CASE("a certificate for a key TLS does not sign with parses there without its key",
+          "[library_context]") {
+  OSSL_LIB_CTX* trimmed = handshake_library_context();
+  REQUIRE(trimmed != nullptr);
+  const EvpPkeyPtr issuer(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  for (const char* type : {"X25519", "X448", "SM2"}) {
+    INFO(type);
+    const EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, type));
+    REQUIRE(key);
+    const auto der = self_signed_der(key.get(), EVP_sha256(), issuer.get());
+    const auto plain = decode_in(nullptr, der);
+    const auto cert = decode_in(trimmed, der);
+    REQUIRE(plain);
+    REQUIRE(EVP_PKEY_is_a(X509_get0_pubkey(plain.get()), type) == 1);
+    // Its issuer's signature still checks; it has no key. X25519 and X448 could have signed
+    // neither a CertificateVerify nor a certificate below it, SM2 no CertificateVerify in 3.0.
+    REQUIRE(cert);
+    CHECK(X509_get0_pubkey(cert.get()) == nullptr);
+    CHECK(X509_verify(cert.get(), issuer.get()) == 1);
+    ERR_clear_error();
   }
 }

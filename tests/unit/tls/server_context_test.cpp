@@ -714,6 +714,30 @@ TEST_CASE("context settings", "[server_context]") {
     const auto client_ctx = f.client_context(&client, {&f.intermediate});
     CHECK(handshake(ctx.get(), client_ctx.get()).server_ok);
   }
+  SECTION("every key exchange a listener can be given works in the handshake context") {
+    f.listener.tls.groups = {"X25519", "X448", "P-256", "P-384", "P-521", "ffdhe2048"};
+    const auto ctx = f.server_context();
+    const auto client = f.client(leaf_spec("client-1"));
+    // TLS 1.3, where the client's one group is the one used (TLS 1.2 would also need the
+    // server certificate's curve in the list).
+    for (const char* group : {"X25519", "X448", "P-256", "P-384", "P-521", "ffdhe2048"}) {
+      INFO(group);
+      const auto client_ctx = f.client_context(&client, {&f.intermediate});
+      REQUIRE(SSL_CTX_set1_groups_list(client_ctx.get(), group) == 1);
+      const auto outcome = handshake(ctx.get(), client_ctx.get(), TLS1_3_VERSION);
+      CHECK(outcome.server_ok);
+      CHECK(outcome.client_ok);
+    }
+  }
+  SECTION("a TLS 1.2 CBC cipher, whose record MAC is an HMAC key") {
+    f.listener.tls.ciphers = "ECDHE-ECDSA-AES128-SHA256";
+    const auto ctx = f.server_context();
+    const auto client = f.client(leaf_spec("client-1"));
+    const auto client_ctx = f.client_context(&client, {&f.intermediate});
+    const auto outcome = handshake(ctx.get(), client_ctx.get(), TLS1_2_VERSION);
+    CHECK(outcome.server_ok);
+    CHECK(outcome.client_ok);
+  }
   SECTION("send_ca_names off") {
     f.listener.client_auth.send_ca_names = false;
     const auto ctx = f.server_context();
