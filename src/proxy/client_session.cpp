@@ -1007,15 +1007,12 @@ void park(std::unique_ptr<Connection> connection) {
 
 }  // namespace
 
-net::awaitable<void> run_client_session(tcp::socket socket, SessionParams params) {
+net::awaitable<void> run_client_session(tcp::socket socket, tcp::endpoint remote,
+                                        SessionParams params) {
   ConnectionCount count(*params.services, params.listener_connections);
-  boost::system::error_code ec;
-  const auto remote = socket.remote_endpoint(ec);
-  if (ec) co_return;
   const auto ip = remote.address().to_string();
   auto peer =
       (remote.address().is_v6() ? "[" + ip + "]" : ip) + ":" + std::to_string(remote.port());
-  socket.set_option(tcp::no_delay(true), ec);
   co_await serve(std::make_unique<Connection>(std::move(count), std::move(socket),
                                               std::move(params), std::move(peer)));
 }

@@ -7,7 +7,11 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <unistd.h>
 
 namespace portcullis::proxy {
 
@@ -20,6 +24,9 @@ Listener::Listener(net::io_context& io, const config::Listener& config, std::siz
     const tcp::endpoint endpoint(net::ip::make_address(config.address.host), config.address.port);
     acceptor_.open(endpoint.protocol());
     acceptor_.set_option(net::socket_base::reuse_address(true));
+    // Linux gives accepted sockets the listening socket's TCP_NODELAY: one system call less
+    // per connection (tested in listener_test).
+    acceptor_.set_option(tcp::no_delay(true));
     acceptor_.bind(endpoint);
     acceptor_.listen(net::socket_base::max_listen_connections);
     port_ = acceptor_.local_endpoint().port();
@@ -34,19 +41,40 @@ std::string Listener::address() const {
 }
 
 void Listener::start(SnapshotSource current, std::vector<Worker*> workers, Services& services) {
-  auto loop = [this, current = std::move(current), workers = std::move(workers),
-               &services]() -> net::awaitable<void> {
+  // With one worker, the listening socket moves to it and it accepts for itself: every
+  // connection goes to it anyway, and handing each from this thread to it cost a wake-up of
+  // both threads. With more, this thread deals connections out round-robin.
+  tcp::acceptor* acceptor = &acceptor_;
+  if (workers.size() == 1) {
+    const auto protocol = acceptor_.local_endpoint().protocol();
+    worker_acceptor_ = std::make_shared<tcp::acceptor>(workers.front()->io());
+    const auto fd = acceptor_.release();
+    boost::system::error_code ec;
+    worker_acceptor_->assign(protocol, fd, ec);
+    if (ec) {
+      ::close(fd);
+      throw std::runtime_error(
+          fmt::format("listener '{}': cannot hand the listening socket to the io thread: {}", name_,
+                      ec.message()));
+    }
+    worker_io_ = &workers.front()->io();
+    acceptor = worker_acceptor_.get();
+  }
+  auto loop = [this, acceptor, keep = worker_acceptor_, current = std::move(current),
+               workers = std::move(workers), &services]() -> net::awaitable<void> {
     std::size_t next = 0;
     for (;;) {
       Worker& worker = *workers[next++ % workers.size()];
-      // The accepted socket belongs to the worker's io_context from the start.
+      // The accepted socket belongs to the worker's io_context from the start; accept() gives
+      // the peer's address, so no getpeername() follows.
+      tcp::endpoint peer;
       auto [ec, socket] =
-          co_await acceptor_.async_accept(worker.io(), net::as_tuple(net::use_awaitable));
-      if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
+          co_await acceptor->async_accept(worker.io(), peer, net::as_tuple(net::use_awaitable));
+      if (ec == net::error::operation_aborted || !acceptor->is_open()) co_return;
       if (ec) {
         // Out of descriptors and similar: log, back off briefly, keep serving.
         spdlog::warn("listener '{}' accept failed: {}", name_, ec.message());
-        net::steady_timer pause(io_, std::chrono::milliseconds(50));
+        net::steady_timer pause(acceptor->get_executor(), std::chrono::milliseconds(50));
         co_await pause.async_wait(net::as_tuple(net::use_awaitable));
         continue;
       }
@@ -63,16 +91,23 @@ void Listener::start(SnapshotSource current, std::vector<Worker*> workers, Servi
         continue;
       }
       SessionParams params{snapshot, &context, &worker, &services, connections_};
-      net::co_spawn(worker.io(), run_client_session(std::move(socket), std::move(params)),
+      net::co_spawn(worker.io(), run_client_session(std::move(socket), peer, std::move(params)),
                     net::detached);
     }
   };
-  net::co_spawn(io_, std::move(loop), net::detached);
+  net::co_spawn(acceptor->get_executor(), std::move(loop), net::detached);
 }
 
 void Listener::stop() {
   boost::system::error_code ignored;
   acceptor_.close(ignored);
+  // The worker's acceptor is closed on its thread, ahead of anything posted there after this.
+  if (worker_acceptor_) {
+    net::post(*worker_io_, [acceptor = worker_acceptor_] {
+      boost::system::error_code ignored;
+      acceptor->close(ignored);
+    });
+  }
 }
 
 }  // namespace portcullis::proxy

@@ -77,7 +77,8 @@ class Gateway:
 
     def __init__(self, server_chain, server_key, truststore, upstream_port, extra="", wait_ready=True,
                  listener_extra="", tls_extra="", routes=None, upstreams=None,
-                 log_level="debug", access_log="off", shutdown_grace="5s", runtime_extra=""):
+                 log_level="debug", access_log="off", shutdown_grace="5s", runtime_extra="",
+                 io_threads=2):
         """`tls_extra` is appended inside the listener's tls map (", min_version: ..."), `routes`
         and `upstreams` replace the single catch-all route to the upstream `app`.
         `listener_extra` holds listener keys ("max_connections: 3\n"); it is re-indented to
@@ -114,7 +115,7 @@ class Gateway:
 {routes}upstreams:
 {upstreams}admin: {{ address: 127.0.0.1:{self.admin_port} }}
 logging: {{ level: {log_level}, access_log: {access_log} }}
-runtime: {{ io_threads: 2, shutdown_grace: {shutdown_grace}{runtime_extra} }}
+runtime: {{ io_threads: {io_threads}, shutdown_grace: {shutdown_grace}{runtime_extra} }}
 {extra}""")
             self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
             self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,

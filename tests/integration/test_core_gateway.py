@@ -663,8 +663,14 @@ class TlsFront(unittest.TestCase):
 
 class GracefulShutdown(unittest.TestCase):
     def test_sigterm_finishes_the_request_in_flight_refuses_new_connections_and_exits_0(self):
+        # Two io threads are handed connections by the accepting thread; one accepts for itself.
+        for io_threads in (2, 1):
+            with self.subTest(io_threads=io_threads):
+                self.sigterm_finishes_the_request_in_flight(io_threads)
+
+    def sigterm_finishes_the_request_in_flight(self, io_threads):
         grace = 5.0
-        gateway = start_gateway(shutdown_grace="5s")
+        gateway = start_gateway(shutdown_grace="5s", io_threads=io_threads)
         self.addCleanup(gateway.stop)
         before = UPSTREAM.requests()
         in_flight = subprocess.Popen(

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import tempfile
@@ -254,6 +255,33 @@ class Lifecycle(unittest.TestCase):
         print(f"reloads: 20, requests served meanwhile: {results['ok']}, failed: {len(results['failed'])}")
         self.assertEqual(results["failed"], [])
         self.assertGreaterEqual(gateway.metric('portcullis_config_reloads_total{result="ok"}'), 20)
+
+    def test_one_io_thread_accepts_itself_serves_across_a_reload_and_drains(self):
+        # With one io thread, that thread accepts for itself (from a copy of the listening
+        # socket) rather than being handed connections.
+        gateway = self.start(io_threads=1, shutdown_grace="10s")
+        context = self.pki.client_context()
+        for i in range(5):
+            self.assertIn("200", get(context, gateway.port, f"/new/{i}")[0])
+        raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        kept = context.wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(kept.close)
+        request = f"GET /kept HTTP/1.1\r\nHost: localhost:{gateway.port}\r\n\r\n".encode()
+        kept.sendall(request)
+        self.assertIn("200", read_response(kept).split("\r\n", 1)[0])
+        status, body = http_post(f"http://127.0.0.1:{gateway.admin_port}/reload")
+        self.assertEqual(status, 200, body)
+        kept.sendall(request)
+        self.assertIn("200", read_response(kept).split("\r\n", 1)[0])
+        self.assertIn("200", get(context, gateway.port, "/after-reload")[0])
+        self.assertEqual(gateway.metric("portcullis_connections_accepted_total"), 7)
+        # SIGTERM: the idle keep-alive connection is closed, no new one is accepted, and the
+        # process exits cleanly well within its 10 s grace.
+        gateway.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(kept.recv(1024), b"")
+        self.assertEqual(gateway.proc.wait(9), 0)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5).close()
 
     def test_invalid_reload_keeps_serving_the_old_configuration(self):
         gateway = self.start()

@@ -22,10 +22,12 @@ struct SessionParams {
   std::shared_ptr<std::atomic<int>> listener_connections;  // decremented when the session ends
 };
 
+// `socket` is the accepted connection from `remote` (TCP_NODELAY on, as its listener's).
 // Handshake (the verify callback checks chain, purpose and revocation), then a keep-alive loop:
 // read a request header, validate, route, authorize, forward, stream the response back.
 // Never throws; every failure ends as a logged, counted outcome.
 boost::asio::awaitable<void> run_client_session(boost::asio::ip::tcp::socket socket,
+                                                boost::asio::ip::tcp::endpoint remote,
                                                 SessionParams params);
 
 }  // namespace portcullis::proxy

@@ -1,7 +1,8 @@
 #pragma once
 // A bound TLS listener: accepts connections and hands each to the next worker, round-robin.
-// Thread-safety: the accept loop runs on the executor given to start(); stop() must be called
-// from that executor's thread (or before the loop runs).
+// With a single worker, the listening socket moves to that worker, which accepts for itself.
+// Thread-safety: start() and stop() are called from the thread of the io_context the listener
+// was made with; the accept loop runs there, or on the single worker's thread.
 
 #include "portcullis/config/config.hpp"
 #include "portcullis/proxy/services.hpp"
@@ -36,6 +37,9 @@ class Listener {
  private:
   boost::asio::io_context& io_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  // With a single worker: the listening socket, moved from acceptor_ to its io_context.
+  std::shared_ptr<boost::asio::ip::tcp::acceptor> worker_acceptor_;
+  boost::asio::io_context* worker_io_ = nullptr;
   std::string name_;
   std::string host_;
   std::uint16_t port_ = 0;
