@@ -77,8 +77,8 @@ namespace {
 
 // Each listener's TLS caches, for the current configuration (a reload starts new, empty ones,
 // and their counts from zero): the sessions its session cache holds, to size
-// tls.session_cache_size by (each holds the client certificate), and its verified chain cache
-// (client_auth.chain_cache_size), when it has one.
+// tls.session_cache_size by (each holds the client certificate), its verified chain cache
+// (client_auth.chain_cache_size), when it has one, and its client identity cache.
 std::string tls_cache_metrics(const proxy::Snapshot& snap) {
   std::string sessions =
       "# HELP portcullis_tls_session_cache_sessions Resumable TLS sessions in the listener's "
@@ -91,8 +91,19 @@ std::string tls_cache_metrics(const proxy::Snapshot& snap) {
       "# HELP portcullis_tls_chain_cache_lookups_total Client chains looked up in the listener's "
       "cache since the configuration was loaded, by result.\n"
       "# TYPE portcullis_tls_chain_cache_lookups_total counter\n";
+  std::string identities =
+      "# HELP portcullis_identity_cache_lookups_total Client identities looked up in the "
+      "listener's cache since the configuration was loaded, by result.\n"
+      "# TYPE portcullis_identity_cache_lookups_total counter\n";
   for (const auto& listener : snap.listeners) {
     if (!listener || !listener->ssl || !listener->config) continue;
+    if (listener->identities) {
+      identities += fmt::format(
+          "portcullis_identity_cache_lookups_total{{listener=\"{}\",result=\"hit\"}} {}\n"
+          "portcullis_identity_cache_lookups_total{{listener=\"{}\",result=\"miss\"}} {}\n",
+          listener->config->name, listener->identities->hits(), listener->config->name,
+          listener->identities->misses());
+    }
     SSL_CTX* ctx = listener->ssl->native_handle();
     const auto& name = listener->config->name;
     sessions += fmt::format("portcullis_tls_session_cache_sessions{{listener=\"{}\"}} {}\n", name,
@@ -106,7 +117,7 @@ std::string tls_cache_metrics(const proxy::Snapshot& snap) {
         "portcullis_tls_chain_cache_lookups_total{{listener=\"{}\",result=\"miss\"}} {}\n",
         name, stats->hits, name, stats->misses);
   }
-  return sessions + chains + lookups;
+  return sessions + chains + lookups + identities;
 }
 
 // The revocation settings the process's checker and refresher were built from. Both outlive

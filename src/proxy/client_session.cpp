@@ -194,7 +194,7 @@ class Session {
   // use, is not kept.
   const tls::PeerIdentity& identity();
   std::shared_ptr<const tls::PeerIdentity> identity_;
-  std::string identity_lines_;  // the identity headers, serialized (see header_lines)
+  std::shared_ptr<const std::string> identity_lines_;  // serialized (see header_lines)
   std::uint64_t revocation_generation_ = 0;
   // Set when revocation refused the client after its handshake (a resumed session, or a status
   // resolved after it): the first request is answered 403 with this reason, and nothing more.
@@ -215,12 +215,9 @@ class Session {
 
 const tls::PeerIdentity& Session::identity() {
   if (!identity_) {
-    auto id = tls::extract_peer_identity(stream_.native_handle());
-    if (!id) id = std::make_shared<tls::PeerIdentity>();  // no peer: refused at the handshake
-    identity_lines_ = header_lines(tls::identity_headers(cfg_.identity_headers, *id));
-    std::string().swap(id->leaf_der);
-    std::vector<std::string>().swap(id->chain_der);
-    identity_ = std::move(id);
+    auto cached = p_.listener->identities->get(stream_.native_handle());
+    identity_ = std::move(cached.identity);
+    identity_lines_ = std::move(cached.header_lines);
   }
   return *identity_;
 }
@@ -611,7 +608,7 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   const bool websocket = !has_body && is_websocket_upgrade(req);
 
   identity();
-  const auto added_lines = prepare_upstream_request(req, client_ip(), identity_lines_);
+  const auto added_lines = prepare_upstream_request(req, client_ip(), *identity_lines_);
   if (websocket) set_websocket_upgrade(req);
   if (parser.chunked()) req.chunked(true);
 

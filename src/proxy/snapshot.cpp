@@ -1,8 +1,12 @@
 #include "portcullis/proxy/snapshot.hpp"
 
+#include "portcullis/proxy/request_rules.hpp"
+#include "portcullis/tls/identity_headers.hpp"
 #include "portcullis/tls/server_context.hpp"
 
 #include <openssl/evp.h>
+
+#include <algorithm>
 
 #include <fmt/format.h>
 
@@ -70,6 +74,11 @@ std::shared_ptr<const Snapshot> build_snapshot(
     } catch (const tls::TlsError& e) {
       throw_located(*config, key, "", e.what());
     }
+    context->identities = std::make_unique<IdentityCache>(
+        static_cast<std::size_t>(std::max(0, listener.client_auth.chain_cache_size)),
+        [preset = listener.identity_headers](const tls::PeerIdentity& id) {
+          return header_lines(tls::identity_headers(preset, id));
+        });
     snapshot->listeners.push_back(std::move(context));
   }
   for (const auto& [name, upstream] : config->upstreams) {

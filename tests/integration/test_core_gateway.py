@@ -86,6 +86,18 @@ class VerifiedClients(unittest.TestCase):
         self.assertEqual(one_header(self, echo, "X-Forwarded-For"), "127.0.0.1")
         self.assertEqual(one_header(self, echo, "X-Forwarded-Proto"), "https")
 
+    def test_clients_taking_turns_each_get_their_own_identity_from_the_identity_cache(self):
+        hits = 'portcullis_identity_cache_lookups_total{listener="public",result="hit"}'
+        before = self.gateway.metric(hits)
+        clients = ((PKI.good, expected_identity(PKI.good["cert"])["X-Client-Cert-Subject"]),
+                   (PKI.via_sent, "CN=client-via-sent-intermediate"))
+        for _ in range(3):
+            for client, subject in clients:
+                echo = echoed(self, self.gateway, client)
+                self.assertEqual(one_header(self, echo, "X-Client-Cert-Subject"), subject)
+        # Every connection after each client's first found its identity in the cache.
+        self.assertGreaterEqual(self.gateway.metric(hits), before + 4)
+
     # 2. refusals
 
     def test_bad_certificates_are_refused_in_the_handshake_and_never_reach_the_upstream(self):

@@ -3,9 +3,11 @@
 // the config itself, each listener's TLS context and truststore, and the revocation checker.
 // A connection holds the Snapshot it was accepted with for its whole life; a reload builds a new
 // one next to it.
-// Thread-safety: immutable after build_snapshot(); share as std::shared_ptr<const Snapshot>.
+// Thread-safety: immutable after build_snapshot() but for each listener's identity cache, which
+// is safe to use from any thread; share as std::shared_ptr<const Snapshot>.
 
 #include "portcullis/config/config.hpp"
+#include "portcullis/proxy/identity_cache.hpp"
 #include "portcullis/revocation/checker.hpp"
 #include "portcullis/tls/truststore.hpp"
 #include "portcullis/upstream/tls_client_context.hpp"
@@ -23,6 +25,9 @@ struct ListenerContext {
   const config::Listener* config = nullptr;  // points into Snapshot::config
   std::shared_ptr<const tls::Truststore> truststore;
   std::unique_ptr<boost::asio::ssl::context> ssl;
+  // The identities of recent clients with their identity headers (the one mutable part, safe
+  // for concurrent use).
+  std::unique_ptr<IdentityCache> identities;
 };
 
 struct Snapshot {
