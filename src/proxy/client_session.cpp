@@ -189,9 +189,9 @@ class Session {
     const char* name = SSL_get_servername(stream_.native_handle(), TLSEXT_NAMETYPE_host_name);
     return name ? name : "";
   }
-  // The client's identity and the headers it gives, worked out when a request first needs them:
-  // a connection that sends none holds neither. The certificates' DER, which only the headers
-  // use, is not kept.
+  // The client's identity and the headers it gives, taken from the listener's identity cache
+  // (or worked out) when a request first needs them: a connection that sends none holds
+  // neither, and a client's connections share one copy.
   const tls::PeerIdentity& identity();
   std::shared_ptr<const tls::PeerIdentity> identity_;
   std::shared_ptr<const std::string> identity_lines_;  // serialized (see header_lines)

@@ -57,7 +57,6 @@ void Listener::start(SnapshotSource current, std::vector<Worker*> workers, Servi
           fmt::format("listener '{}': cannot hand the listening socket to the io thread: {}", name_,
                       ec.message()));
     }
-    worker_io_ = &workers.front()->io();
     acceptor = worker_acceptor_.get();
   }
   auto loop = [this, acceptor, keep = worker_acceptor_, current = std::move(current),
@@ -103,7 +102,7 @@ void Listener::stop() {
   acceptor_.close(ignored);
   // The worker's acceptor is closed on its thread, ahead of anything posted there after this.
   if (worker_acceptor_) {
-    net::post(*worker_io_, [acceptor = worker_acceptor_] {
+    net::post(worker_acceptor_->get_executor(), [acceptor = worker_acceptor_] {
       boost::system::error_code ignored;
       acceptor->close(ignored);
     });

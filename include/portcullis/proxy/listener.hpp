@@ -39,7 +39,6 @@ class Listener {
   boost::asio::ip::tcp::acceptor acceptor_;
   // With a single worker: the listening socket, moved from acceptor_ to its io_context.
   std::shared_ptr<boost::asio::ip::tcp::acceptor> worker_acceptor_;
-  boost::asio::io_context* worker_io_ = nullptr;
   std::string name_;
   std::string host_;
   std::uint16_t port_ = 0;
