@@ -35,13 +35,7 @@ struct Pki {
     }
     SslPtr s(SSL_new(server_ctx.get()));
     SslPtr c(SSL_new(client_ctx.get()));
-    BIO* cb = nullptr;
-    BIO* sb = nullptr;
-    REQUIRE(BIO_new_bio_pair(&cb, 0, &sb, 0) == 1);
-    SSL_set_bio(c.get(), cb, cb);
-    SSL_set_bio(s.get(), sb, sb);
-    SSL_set_connect_state(c.get());
-    SSL_set_accept_state(s.get());
+    REQUIRE(connect_in_memory(c.get(), s.get()));
     for (int i = 0; i < 20 && !(SSL_is_init_finished(s.get()) && SSL_is_init_finished(c.get()));
          ++i) {
       SSL_do_handshake(c.get());

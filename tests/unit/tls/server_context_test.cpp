@@ -101,13 +101,7 @@ Outcome handshake(SSL_CTX* server_ctx, SSL_CTX* client_ctx, int version = TLS1_3
   SslPtr client(SSL_new(client_ctx));
   REQUIRE(server);
   REQUIRE(client);
-  BIO* client_bio = nullptr;
-  BIO* server_bio = nullptr;
-  REQUIRE(BIO_new_bio_pair(&client_bio, 0, &server_bio, 0) == 1);
-  SSL_set_bio(client.get(), client_bio, client_bio);
-  SSL_set_bio(server.get(), server_bio, server_bio);
-  SSL_set_accept_state(server.get());
-  SSL_set_connect_state(client.get());
+  REQUIRE(connect_in_memory(client.get(), server.get()));
   SSL_set_app_data(client.get(), &outcome);
   SSL_set_info_callback(client.get(), on_client_info);
   SSL_set_min_proto_version(client.get(), version);
