@@ -588,10 +588,12 @@ def run_round(i, names, a, bins, pki, work, upstream_port, bench, direct_port):
             for gw in self.gws.values():
                 gw.stop()
 
-        def run(self, n, mode, per, seconds=d, connections=conns, rate=None):
+        def raw(self, n, mode, connections=conns, rate=None):
             gw = self.gws[n]
-            return summary(bench.run(gw.port, gw.serving_pids(), seconds, mode, connections,
-                                     rate), per)
+            return bench.run(gw.port, gw.serving_pids(), d, mode, connections, rate)
+
+        def run(self, n, mode, per, connections=conns, rate=None):
+            return summary(self.raw(n, mode, connections, rate), per)
 
     with Started("ec", "int-0") as s:
         for n in order:
@@ -608,8 +610,7 @@ def run_round(i, names, a, bins, pki, work, upstream_port, bench, direct_port):
              lambda n: res[n].update(full_ec=s.run(n, "full", "full")))
 
         def resumed(n):
-            gw = s.gws[n]
-            r = bench.run(gw.port, gw.serving_pids(), d, "resume", conns)
+            r = s.raw(n, "resume")
             res[n]["resumed"] = summary(r, "resumed") | {
                 "not_resumed": r.get("not_resumed", 0), "full_handshakes": r["full_handshakes"]}
         each("resumed handshakes", resumed)
