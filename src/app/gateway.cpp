@@ -9,6 +9,7 @@
 #include "portcullis/revocation/checker_factory.hpp"
 #include "portcullis/revocation/crl_refresher.hpp"
 #include "portcullis/revocation/ocsp_stapler.hpp"
+#include "portcullis/tls/builtin_ec_keys.hpp"
 #include "portcullis/tls/library_context.hpp"
 #include "portcullis/tls/server_context.hpp"
 #include "portcullis/util/logging.hpp"
@@ -456,6 +457,8 @@ Gateway::Gateway(config::LoadResult loaded) : impl_(std::make_unique<Impl>()) {
   util::setup_logging(loaded.config.logging.level);
   impl_->services.access_log = util::make_access_log(loaded.config.logging.access_log);
   for (const auto& w : loaded.warnings) spdlog::warn("config: {}", w.to_string());
+  // Before the first certificate is parsed, and before any thread that parses them starts.
+  tls::use_builtin_ec_keys();
   auto checkers = revocation::make_checkers(loaded.config.revocation);
   impl_->crl_checker = checkers.crl;
   impl_->ocsp = checkers.ocsp;
@@ -557,6 +560,10 @@ int Gateway::run(std::function<void()> on_ready) {
     spdlog::info(
         "OpenSSL is configured with providers beyond the default one (or FIPS mode): TLS "
         "handshakes use the default library context, whose certificate decoding is slower");
+  } else if (!tls::use_builtin_ec_keys()) {
+    spdlog::info(
+        "OpenSSL has engines configured: EC keys in certificates are decoded through the "
+        "providers, which is slower");
   }
   if (on_ready) on_ready();
   notify_ready(fmt::format("serving on {}", s.listeners.front()->address()));

@@ -18,9 +18,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// P-256 by its short name, which libcrypto's built-in EC code also knows (builtin_ec_keys.hpp).
 EvpPkeyPtr generate_key(KeyType type) {
-  EvpPkeyPtr key(type == KeyType::rsa2048 ? EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048})
-                                          : EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+  EvpPkeyPtr key(type == KeyType::rsa2048
+                     ? EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048})
+                     : EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "prime256v1"));
   if (!key) throw_openssl_error("cannot generate a key");
   return key;
 }

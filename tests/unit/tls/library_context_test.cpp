@@ -1,4 +1,5 @@
 #include "portcullis/tls/library_context.hpp"
+#include "portcullis/tls/builtin_ec_keys.hpp"
 #include "portcullis/tls/openssl.hpp"
 #include "portcullis/tls/pki_builder.hpp"
 
@@ -300,5 +301,82 @@ TEST_CASE("a certificate for a key TLS does not sign with parses there without i
     CHECK(X509_get0_pubkey(cert.get()) == nullptr);
     CHECK(X509_verify(cert.get(), issuer.get()) == 1);
     ERR_clear_error();
+  }
+}
+
+// Last in this file: built-in EC keys stay on for the rest of the process, and the cases above
+// check the provider route, which a process with other providers or engines keeps.
+TEST_CASE("with built-in EC keys on, EC certificates decode to built-in keys that verify as before",
+          "[library_context][builtin_ec_keys]") {
+  OSSL_LIB_CTX* trimmed = handshake_library_context();
+  REQUIRE(trimmed != nullptr);
+  REQUIRE(use_builtin_ec_keys());
+  CHECK(use_builtin_ec_keys());  // once for the process
+  // Curves by their short names, as libssl passes them for ECDHE.
+  std::vector<KeyCase> cases;
+  cases.push_back({"EC P-256", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "prime256v1")),
+                   EVP_sha256()});
+  cases.push_back({"EC P-384", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "secp384r1")),
+                   EVP_sha384()});
+  cases.push_back({"EC P-521", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "secp521r1")),
+                   EVP_sha512()});
+  const EvpPkeyPtr stranger(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "prime256v1"));
+  REQUIRE(stranger);
+  for (const auto& c : cases) {
+    INFO(c.name);
+    REQUIRE(c.key);
+    const auto der = self_signed_der(c.key.get(), c.digest);
+    const auto cert = decode_in(trimmed, der);
+    REQUIRE(cert);
+    EVP_PKEY* key = X509_get0_pubkey(cert.get());
+    REQUIRE(key != nullptr);
+    CHECK(EVP_PKEY_get0_provider(key) == nullptr);  // libcrypto's own EC key
+    CHECK(EVP_PKEY_get_base_id(key) == EVP_PKEY_EC);
+    CHECK(EVP_PKEY_eq(key, c.key.get()) == 1);
+    CHECK(EVP_PKEY_eq(key, stranger.get()) != 1);
+    CHECK(X509_verify(cert.get(), key) == 1);
+    CHECK(X509_verify(cert.get(), stranger.get()) != 1);
+    const auto signature = sign(c.key.get(), c.digest, "handshake transcript");
+    CHECK(verifies(trimmed, key, c.digest, signature, "handshake transcript"));
+    CHECK_FALSE(verifies(trimmed, key, c.digest, signature, "another transcript"));
+    const auto forged = sign(stranger.get(), c.digest, "handshake transcript");
+    CHECK_FALSE(verifies(trimmed, key, c.digest, forged, "handshake transcript"));
+    ERR_clear_error();
+  }
+
+  // A key on the SM2 curve reads as an EC key; what it signs with SM2 does not verify with it.
+  {
+    const EvpPkeyPtr sm2(EVP_PKEY_Q_keygen(nullptr, nullptr, "SM2"));
+    REQUIRE(sm2);
+    const auto cert = decode_in(trimmed, self_signed_der(sm2.get(), EVP_sm3()));
+    REQUIRE(cert);
+    EVP_PKEY* key = X509_get0_pubkey(cert.get());
+    REQUIRE(key != nullptr);
+    CHECK(EVP_PKEY_get_base_id(key) == EVP_PKEY_EC);
+    const auto child = decode_in(trimmed, self_signed_der(stranger.get(), EVP_sm3(), sm2.get()));
+    REQUIRE(child);
+    CHECK(X509_verify(child.get(), sm2.get()) == 1);  // as SM2 it does
+    CHECK(X509_verify(child.get(), key) != 1);
+    ERR_clear_error();
+  }
+
+  // Every other key type stays with the trimmed context's provider.
+  std::vector<KeyCase> others;
+  others.push_back({"RSA-2048",
+                    EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048})),
+                    EVP_sha256()});
+  others.push_back(
+      {"Ed25519", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")), nullptr});
+  for (const auto& c : others) {
+    INFO(c.name);
+    REQUIRE(c.key);
+    const auto cert = decode_in(trimmed, self_signed_der(c.key.get(), c.digest));
+    REQUIRE(cert);
+    EVP_PKEY* key = X509_get0_pubkey(cert.get());
+    REQUIRE(key != nullptr);
+    REQUIRE(EVP_PKEY_get0_provider(key) != nullptr);
+    CHECK(std::string_view(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key))) ==
+          "portcullis-default");
+    CHECK(X509_verify(cert.get(), key) == 1);
   }
 }

@@ -1,5 +1,6 @@
 #include "portcullis/tls/server_context.hpp"
 
+#include "portcullis/tls/builtin_ec_keys.hpp"
 #include "portcullis/tls/library_context.hpp"
 #include "portcullis/tls/pki_builder.hpp"
 #include "portcullis/tls/truststore.hpp"
@@ -166,6 +167,8 @@ Outcome handshake(SSL_CTX* server_ctx, SSL_CTX* client_ctx, int version = TLS1_3
 }
 
 struct Fixture {
+  // As the gateway runs: EC keys through libcrypto's built-in code, before any key is made.
+  bool builtin_ec_keys = use_builtin_ec_keys();
   TempDir dir;
   Issued root = issue_certificate(ca_spec("Test Root"), nullptr);
   Issued intermediate = issue_certificate(ca_spec("Test Intermediate"), &root);
@@ -253,11 +256,13 @@ ChainCacheStats cache_of(const SSL_CTX* ctx) {
   return *stats;
 }
 
-// The name of the provider that decoded the certificate's public key.
+// The name of the provider that decoded the certificate's public key, "built-in" for a key of
+// libcrypto's own EC code.
 std::string key_provider(X509* cert) {
   EVP_PKEY* key = cert ? X509_get0_pubkey(cert) : nullptr;
-  const OSSL_PROVIDER* provider = key ? EVP_PKEY_get0_provider(key) : nullptr;
-  return provider ? OSSL_PROVIDER_get0_name(provider) : "";
+  if (!key) return "";
+  const OSSL_PROVIDER* provider = EVP_PKEY_get0_provider(key);
+  return provider ? OSSL_PROVIDER_get0_name(provider) : "built-in";
 }
 
 constexpr int alert_handshake_failure = 40;
@@ -291,8 +296,11 @@ TEST_CASE("a client with a good certificate is accepted", "[server_context]") {
   // The server sends its chain file: the client builds a path to the root.
   CHECK(outcome.client_verify_result == X509_V_OK);
   CHECK(outcome.ca_names == std::vector<std::string>{"/CN=Test Root"});
-  // The client's certificate was decoded in the trimmed handshake context.
-  CHECK(key_provider(outcome.server_peer.get()) == "portcullis-default");
+  // The client's certificate was decoded in the trimmed handshake context, an EC key by
+  // libcrypto's built-in code.
+  REQUIRE(f.builtin_ec_keys);
+  CHECK(key_provider(outcome.server_peer.get()) ==
+        (client_spec.key == KeyType::ec_p256 ? "built-in" : "portcullis-default"));
 }
 
 TEST_CASE("ALPN: http/1.1 or nothing, never a failure", "[server_context]") {
@@ -641,9 +649,12 @@ TEST_CASE("context settings", "[server_context]") {
     CHECK(SSL_CTX_get_verify_mode(ctx.get()) ==
           (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT));
     CHECK(SSL_CTX_get_verify_depth(ctx.get()) == 4);
-    // Made in the trimmed handshake context: certificates it reads decode there.
+    // Made in the trimmed handshake context: certificates it reads decode there (the server's
+    // P-256 key by libcrypto's built-in EC code, an RSA key by the trimmed context's provider).
     REQUIRE(handshake_library_context() != nullptr);
-    CHECK(key_provider(SSL_CTX_get0_certificate(ctx.get())) == "portcullis-default");
+    CHECK(key_provider(SSL_CTX_get0_certificate(ctx.get())) == "built-in");
+    f.use_server_certificate(KeyType::rsa2048);
+    CHECK(key_provider(SSL_CTX_get0_certificate(f.server_context().get())) == "portcullis-default");
     // Without shared ticket keys sessions stay in the context's cache; a TLS 1.3 ticket names one.
     CHECK(SSL_CTX_get_session_cache_mode(ctx.get()) == SSL_SESS_CACHE_SERVER);
     CHECK(SSL_CTX_sess_get_cache_size(ctx.get()) == 20480);
@@ -778,7 +789,8 @@ TEST_CASE("configuration errors name the file or key", "[server_context]") {
                Contains((f.dir / "rsa.key").string()) && Contains("does not match"));
   }
   SECTION("an encrypted key is refused, without asking for a passphrase") {
-    EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+    EvpPkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "prime256v1"));
+    REQUIRE(key);
     BioPtr bio(BIO_new(BIO_s_mem()));
     static char passphrase[] = "secret";
     REQUIRE(PEM_write_bio_PKCS8PrivateKey(bio.get(), key.get(), EVP_aes_256_cbc(), passphrase,
