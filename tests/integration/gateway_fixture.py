@@ -78,11 +78,11 @@ class Gateway:
     def __init__(self, server_chain, server_key, truststore, upstream_port, extra="", wait_ready=True,
                  listener_extra="", tls_extra="", routes=None, upstreams=None,
                  log_level="debug", access_log="off", shutdown_grace="5s", runtime_extra="",
-                 io_threads=2):
+                 io_threads=2, env=None):
         """`tls_extra` is appended inside the listener's tls map (", min_version: ..."), `routes`
         and `upstreams` replace the single catch-all route to the upstream `app`.
         `listener_extra` holds listener keys ("max_connections: 3\n"); it is re-indented to
-        the listener's level whatever indentation it was given."""
+        the listener's level whatever indentation it was given. `env` adds to the environment."""
         self.port = free_port()
         self.admin_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="portcullis-gw-")
@@ -119,7 +119,7 @@ runtime: {{ io_threads: {io_threads}, shutdown_grace: {shutdown_grace}{runtime_e
 {extra}""")
             self.log = open(os.path.join(self.dir, "stderr.log"), "w+")
             self.proc = subprocess.Popen([BIN, "--config", self.config], stdout=subprocess.DEVNULL,
-                                         stderr=self.log)
+                                         stderr=self.log, env={**os.environ, **(env or {})})
             wait_for(lambda: self.proc.poll() is not None or self.admin("/healthz")[0] == 200,
                      what="admin listener")
             if self.proc.poll() is None or "Address already in use" not in self.stderr():

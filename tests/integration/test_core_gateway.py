@@ -673,6 +673,56 @@ class TlsFront(unittest.TestCase):
             proc.communicate(timeout=15)
 
 
+class OpenSslConfigurations(unittest.TestCase):
+    """Under an OpenSSL configuration that loads more than the default provider, or an engine, the
+    gateway leaves OpenSSL's own code in charge (the default library context, the providers' key
+    decoders), says so once, and verifies clients exactly as by default."""
+
+    providers_line = "OpenSSL is configured with providers beyond the default one"
+    engines_line = "OpenSSL has engines configured"
+
+    def openssl_conf(self, sections):
+        directory = tempfile.mkdtemp(prefix="portcullis-openssl-conf-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "openssl.cnf")
+        with open(path, "w") as f:
+            f.write("openssl_conf = init\n[init]\n" + sections)
+        return path
+
+    def serves_as_by_default(self, env):
+        gateway = start_gateway(log_level="info", env=env)
+        self.addCleanup(gateway.stop)
+        good = echoed(self, gateway, PKI.good)
+        for name, value in expected_identity(PKI.good["cert"]).items():
+            self.assertEqual(one_header(self, good, name), value, name)
+        sent = echoed(self, gateway, PKI.via_sent)  # the client sends its intermediate
+        self.assertEqual(one_header(self, sent, "X-Client-Cert-Issuer"), "CN=Core Test Client-Sent CA")
+        for client in (PKI.foreign, PKI.expired):
+            code, status, _, err = request(gateway, client)
+            self.assertIsNone(status, err)
+        return gateway.stderr()
+
+    def test_by_default_nothing_is_said(self):
+        log = self.serves_as_by_default(None)
+        self.assertNotIn(self.providers_line, log)
+        self.assertNotIn(self.engines_line, log)
+
+    def test_the_legacy_provider_beside_the_default_one_keeps_the_default_context(self):
+        conf = self.openssl_conf("providers = providers\n[providers]\ndefault = on\nlegacy = on\n"
+                                 "[on]\nactivate = 1\n")
+        log = self.serves_as_by_default({"OPENSSL_CONF": conf})
+        self.assertEqual(log.count(self.providers_line), 1, log)
+        self.assertNotIn(self.engines_line, log)
+
+    def test_an_engine_in_the_configuration_keeps_ec_keys_with_the_providers(self):
+        padlock = "/usr/lib/x86_64-linux-gnu/engines-3/padlock.so"  # Debian's libssl3 ships it
+        conf = self.openssl_conf(f"engines = engines\n[engines]\npadlock = padlock\n"
+                                 f"[padlock]\ndynamic_path = {padlock}\n")
+        log = self.serves_as_by_default({"OPENSSL_CONF": conf})
+        self.assertEqual(log.count(self.engines_line), 1, log)
+        self.assertNotIn(self.providers_line, log)
+
+
 class GracefulShutdown(unittest.TestCase):
     def test_sigterm_finishes_the_request_in_flight_refuses_new_connections_and_exits_0(self):
         # Two io threads are handed connections by the accepting thread; one accepts for itself.
