@@ -1,5 +1,8 @@
 #include "portcullis/tls/library_context.hpp"
 
+#include "portcullis/tls/openssl.hpp"
+#include "portcullis/tls/tls13_kdf.hpp"
+
 #include <openssl/core_dispatch.h>
 #include <openssl/evp.h>
 #include <openssl/provider.h>
@@ -13,12 +16,13 @@ namespace {
 // The provider the trimmed context loads: the default provider, loaded into a private context
 // of its own, passed through operation by operation. Its algorithms run with the default
 // provider's own provider context, so they are the default provider's in every respect; only
-// the decoder and key manager tables are cut down.
+// the decoder and key manager tables are cut down, and TLS13-KDF is ours (tls13_kdf.hpp).
 struct Passthrough {
   OSSL_LIB_CTX* inner = nullptr;
   OSSL_PROVIDER* provider = nullptr;
   std::vector<OSSL_ALGORITHM> decoders;
   std::vector<OSSL_ALGORITHM> key_managers;
+  std::vector<OSSL_ALGORITHM> kdfs;
 };
 
 // Key types a TLS peer of OpenSSL 3.0 cannot authenticate with. DH, DHX, X25519 and X448 only
@@ -87,11 +91,15 @@ const OSSL_ALGORITHM* passthrough_query(void*, int operation, int* no_cache) {
     *no_cache = 0;
     return state.key_managers.data();
   }
+  if (operation == OSSL_OP_KDF) {
+    *no_cache = 0;
+    return state.kdfs.data();
+  }
   return OSSL_PROVIDER_query_operation(state.provider, operation, no_cache);
 }
 
 void passthrough_unquery(void*, int operation, const OSSL_ALGORITHM* algorithms) {
-  if (operation != OSSL_OP_DECODER && operation != OSSL_OP_KEYMGMT) {
+  if (operation != OSSL_OP_DECODER && operation != OSSL_OP_KEYMGMT && operation != OSSL_OP_KDF) {
     OSSL_PROVIDER_unquery_operation(passthrough().provider, operation, algorithms);
   }
 }
@@ -101,17 +109,12 @@ int passthrough_get_capabilities(void*, const char* capability, OSSL_CALLBACK* c
   return OSSL_PROVIDER_get_capabilities(passthrough().provider, capability, callback, arg);
 }
 
-template <typename F>
-void (*as_function(F* f))(void) {
-  return reinterpret_cast<void (*)(void)>(f);
-}
-
 const OSSL_DISPATCH passthrough_dispatch[] = {
-    {OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, as_function(passthrough_gettable_params)},
-    {OSSL_FUNC_PROVIDER_GET_PARAMS, as_function(passthrough_get_params)},
-    {OSSL_FUNC_PROVIDER_QUERY_OPERATION, as_function(passthrough_query)},
-    {OSSL_FUNC_PROVIDER_UNQUERY_OPERATION, as_function(passthrough_unquery)},
-    {OSSL_FUNC_PROVIDER_GET_CAPABILITIES, as_function(passthrough_get_capabilities)},
+    {OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, dispatch_function(passthrough_gettable_params)},
+    {OSSL_FUNC_PROVIDER_GET_PARAMS, dispatch_function(passthrough_get_params)},
+    {OSSL_FUNC_PROVIDER_QUERY_OPERATION, dispatch_function(passthrough_query)},
+    {OSSL_FUNC_PROVIDER_UNQUERY_OPERATION, dispatch_function(passthrough_unquery)},
+    {OSSL_FUNC_PROVIDER_GET_CAPABILITIES, dispatch_function(passthrough_get_capabilities)},
     {0, nullptr}};
 
 int passthrough_init(const OSSL_CORE_HANDLE*, const OSSL_DISPATCH*, const OSSL_DISPATCH** out,
@@ -138,6 +141,14 @@ int passthrough_init(const OSSL_CORE_HANDLE*, const OSSL_DISPATCH*, const OSSL_D
       }
     }
     state.key_managers.push_back(OSSL_ALGORITHM{nullptr, nullptr, nullptr, nullptr});
+    all = OSSL_PROVIDER_query_operation(state.provider, OSSL_OP_KDF, &no_cache);
+    for (; all && all->algorithm_names; ++all) {
+      state.kdfs.push_back(*all);
+      if (first_name(all->algorithm_names) == "TLS13-KDF") {
+        state.kdfs.back().implementation = tls13_kdf_functions(state.inner);
+      }
+    }
+    state.kdfs.push_back(OSSL_ALGORITHM{nullptr, nullptr, nullptr, nullptr});
   }
   *provider_context = OSSL_PROVIDER_get0_provider_ctx(state.provider);
   *out = passthrough_dispatch;

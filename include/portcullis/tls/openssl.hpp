@@ -55,4 +55,10 @@ class TlsError : public std::runtime_error {
 // Throws TlsError("<what>: <openssl_errors()>").
 [[noreturn]] void throw_openssl_error(const std::string& what);
 
+// A provider function as an OSSL_DISPATCH entry holds it.
+template <typename F>
+void (*dispatch_function(F* f))(void) {
+  return reinterpret_cast<void (*)(void)>(f);
+}
+
 }  // namespace portcullis::tls
