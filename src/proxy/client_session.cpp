@@ -210,6 +210,7 @@ class Session {
   std::optional<Worker::Handle> handle_;  // tracked by the worker once the handshake is done
   bool first_ = true;                     // no request read yet
   bool parked_ = false;                   // run() returned true and was not called again
+  bool client_closes_ = false;            // the last request, read whole, asked to close
   Clock::time_point deadline_{};          // for the next request's header
 };
 
@@ -429,7 +430,17 @@ net::awaitable<bool> Session::run() {
   }
 
   beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
-  co_await stream_.async_shutdown(net::as_tuple(net::use_awaitable));
+  if (client_closes_ && buffer_.size() == 0) {
+    // The client asked to close after this response and read, whole, has nothing left to
+    // send but its close_notify: ours goes out and the connection closes, as NGINX and HAProxy
+    // close. Otherwise (the gateway chose to close, or bytes it has not read may follow) the
+    // client's close_notify is awaited, for 2 s at most, reading what comes before it: closing
+    // with unread bytes makes the kernel answer with a reset, which can destroy the response
+    // before the client has read it.
+    co_await stream_.async_close_notify(net::as_tuple(net::use_awaitable));
+  } else {
+    co_await stream_.async_shutdown(net::as_tuple(net::use_awaitable));
+  }
   co_return false;
 }
 
@@ -489,7 +500,9 @@ net::awaitable<bool> Session::exchange(Worker::Handle handle, Clock::time_point 
   ex.method = std::string(parser.get().method_string());
   const auto target = parser.get().target();
   ex.path = std::string(target.substr(0, target.find('?')));
+  const bool client_keep_alive = parser.get().keep_alive();  // serve() may move the request
   const bool keep_alive = co_await serve(parser, ex);
+  client_closes_ = !client_keep_alive && parser.is_done();
   log_exchange(ex);
   co_return keep_alive;
 }

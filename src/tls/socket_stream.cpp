@@ -255,10 +255,11 @@ SocketStream::Want SocketStream::handshake_step(net::ssl::stream_base::handshake
   return outcome(result, ec);
 }
 
-SocketStream::Want SocketStream::shutdown_step(boost::system::error_code& ec) {
+SocketStream::Want SocketStream::shutdown_step(boost::system::error_code& ec, bool await_peer) {
   begin_step();
   int result = SSL_shutdown(ssl_);
   // 0: our close_notify is out; the second call reads the peer's.
+  if (result == 0 && !await_peer) return Want::nothing;
   if (result == 0) result = SSL_shutdown(ssl_);
   if (result == 1) return Want::nothing;
   return outcome(result, ec);

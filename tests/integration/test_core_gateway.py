@@ -673,6 +673,57 @@ class TlsFront(unittest.TestCase):
             proc.communicate(timeout=15)
 
 
+class ClosingConnections(unittest.TestCase):
+    """How a connection ends after its last response: at once when the client asked to close and
+    has nothing left to send, after the client's close_notify when bytes may still come."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = start_gateway()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gateway.stop()
+
+    def fin_within(self, conn, seconds):
+        """Whether the gateway's FIN arrives within `seconds`, the client sending nothing."""
+        raw = socket.socket(fileno=os.dup(conn.sock.fileno()))
+        try:
+            raw.settimeout(seconds)
+            return raw.recv(1, socket.MSG_PEEK) == b""
+        except socket.timeout:
+            return False
+        finally:
+            raw.close()
+
+    def test_a_client_that_asked_to_close_gets_close_notify_and_fin_without_sending_its_own(self):
+        with TlsConnection(self.gateway.port, client_context(PKI, PKI.good)) as conn:
+            conn.send(b"GET /bye HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            status, headers = conn.read_head()
+            self.assertEqual(status, 200)
+            self.assertEqual(json.loads(conn.read_body(headers))["target"], "/bye")
+            self.assertEqual(conn.sock.recv(1), b"")  # the gateway's close_notify
+            # Well before the 2 s the gateway waits for a close_notify when it must.
+            self.assertTrue(self.fin_within(conn, 1.5), "no FIN: the gateway waited for ours")
+
+    def test_bytes_after_a_closing_request_are_read_until_the_clients_close_notify(self):
+        before = UPSTREAM.requests()
+        with TlsConnection(self.gateway.port, client_context(PKI, PKI.good)) as conn:
+            conn.send(b"GET /first HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                      b"GET /second HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            status, headers = conn.read_head()
+            self.assertEqual(status, 200)
+            self.assertEqual(json.loads(conn.read_body(headers))["target"], "/first")
+            self.assertEqual(conn.sock.recv(1), b"")
+            # Closing on the unread request would reset the connection: the gateway waits.
+            self.assertFalse(self.fin_within(conn, 0.5))
+            raw = conn.sock.unwrap()  # our close_notify; then the FIN comes at once
+            raw.settimeout(1.5)
+            self.assertEqual(raw.recv(1), b"")
+            raw.close()
+        self.assertEqual(UPSTREAM.requests(), before + 1, "the request after the close is never served")
+
+
 class OpenSslConfigurations(unittest.TestCase):
     """Under an OpenSSL configuration that loads more than the default provider, or an engine, the
     gateway leaves OpenSSL's own code in charge (the default library context, the providers' key

@@ -135,7 +135,15 @@ class SocketStream {
   template <class Token>
   auto async_shutdown(Token&& token) {
     return run<false>([](SocketStream& s, boost::system::error_code& ec,
-                         std::size_t&) { return s.shutdown_step(ec); },
+                         std::size_t&) { return s.shutdown_step(ec, true); },
+                      std::forward<Token>(token));
+  }
+
+  // Sends close_notify without waiting for the peer's (RFC 8446 6.1 allows closing then).
+  template <class Token>
+  auto async_close_notify(Token&& token) {
+    return run<false>([](SocketStream& s, boost::system::error_code& ec,
+                         std::size_t&) { return s.shutdown_step(ec, false); },
                       std::forward<Token>(token));
   }
 
@@ -219,7 +227,7 @@ class SocketStream {
   // operations above; not for callers.
   Want handshake_step(boost::asio::ssl::stream_base::handshake_type type,
                       boost::system::error_code& ec);
-  Want shutdown_step(boost::system::error_code& ec);
+  Want shutdown_step(boost::system::error_code& ec, bool await_peer);
   Want read_step(void* data, std::size_t size, std::size_t& n, boost::system::error_code& ec);
   Want write_step(const void* data, std::size_t size, std::size_t& n,
                   boost::system::error_code& ec);

@@ -179,6 +179,23 @@ TEST_CASE("close_notify reads as eof, a transport closed without it as truncatio
         }());
     CHECK(read_error == net::error::eof);
   }
+  SECTION("close_notify sent without waiting for the peer's") {
+    Pair pair;
+    pair.handshake();
+    error_code read_error;
+    bool server_done = false;
+    pair.run([&]() -> net::awaitable<void> {
+      // The client sends nothing: a shutdown that waited for its close_notify would not end.
+      auto [ec] = co_await pair.server->async_close_notify(tuple);
+      CHECK_FALSE(ec);
+      server_done = true;
+      std::array<char, 16> buf;
+      std::tie(read_error, std::ignore) =
+          co_await pair.client->async_read_some(net::buffer(buf), tuple);
+    }());
+    CHECK(server_done);
+    CHECK(read_error == net::error::eof);  // the client saw a close_notify, not a truncation
+  }
   SECTION("truncated") {
     Pair pair;
     pair.handshake();
