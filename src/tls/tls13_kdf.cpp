@@ -150,21 +150,28 @@ bool expand_label(Kdf& k, const unsigned char* secret, std::size_t secret_size, 
     ERR_raise(ERR_LIB_PROV, PROV_R_INVALID_KEY_LENGTH);
     return false;
   }
-  std::vector<unsigned char> info;
-  info.reserve(4 + name_size + context_size);
-  info.push_back(static_cast<unsigned char>(out_size >> 8));
-  info.push_back(static_cast<unsigned char>(out_size & 0xff));
-  info.push_back(static_cast<unsigned char>(name_size));
-  info.insert(info.end(), prefix.bytes.begin(), prefix.bytes.end());
-  info.insert(info.end(), label.bytes.begin(), label.bytes.end());
-  info.push_back(static_cast<unsigned char>(context_size));
-  info.insert(info.end(), context, context + context_size);
+  // HkdfLabel: uint16 length, opaque label<7..255>, opaque context<0..255>.
+  unsigned char info[2 + 1 + 255 + 1 + 255];
+  std::size_t info_size = 0;
+  const auto put = [&](const unsigned char* p, std::size_t n) {
+    if (n) std::memcpy(info + info_size, p, n);
+    info_size += n;
+  };
+  const unsigned char head[] = {static_cast<unsigned char>(out_size >> 8),
+                                static_cast<unsigned char>(out_size & 0xff),
+                                static_cast<unsigned char>(name_size)};
+  const auto context_length = static_cast<unsigned char>(context_size);
+  put(head, sizeof(head));
+  put(prefix.bytes.data(), prefix.bytes.size());
+  put(label.bytes.data(), label.bytes.size());
+  put(&context_length, 1);
+  put(context, context_size);
   // RFC 5869: T(i) = HMAC(secret, T(i-1) | info | i).
   unsigned char t[EVP_MAX_MD_SIZE];
   std::size_t t_size = 0;
   bool ok = true;
   for (unsigned char i = 1; ok && out_size; ++i) {
-    ok = hmac(k, secret, secret_size, {{t, t_size}, {info.data(), info.size()}, {&i, 1}}, t);
+    ok = hmac(k, secret, secret_size, {{t, t_size}, {info, info_size}, {&i, 1}}, t);
     t_size = size;
     const std::size_t n = out_size < size ? out_size : size;
     if (ok) std::memcpy(out, t, n);
