@@ -1,9 +1,13 @@
+// EC_KEY builds a key with explicit curve parameters, as certificates of some old CAs carry.
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+
 #include "portcullis/tls/library_context.hpp"
 #include "portcullis/tls/builtin_ec_keys.hpp"
 #include "portcullis/tls/openssl.hpp"
 #include "portcullis/tls/pki_builder.hpp"
 
 #include <openssl/decoder.h>
+#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/provider.h>
@@ -89,6 +93,33 @@ std::vector<unsigned char> self_signed_der(EVP_PKEY* key, const EVP_MD* digest,
   std::vector<unsigned char> out(der, der + length);
   OPENSSL_free(der);
   return out;
+}
+
+std::vector<unsigned char> spki_der(X509_PUBKEY* pub) {
+  unsigned char* der = nullptr;
+  const int length = i2d_X509_PUBKEY(pub, &der);
+  REQUIRE(length > 0);
+  std::vector<unsigned char> out(der, der + length);
+  OPENSSL_free(der);
+  return out;
+}
+
+// The key encoded afresh as a SubjectPublicKeyInfo, through its own method's encoder.
+std::vector<unsigned char> encoded_spki(EVP_PKEY* key) {
+  X509_PUBKEY* pub = nullptr;
+  REQUIRE(X509_PUBKEY_set(&pub, key) == 1);
+  auto out = spki_der(pub);
+  X509_PUBKEY_free(pub);
+  return out;
+}
+
+std::string printed(EVP_PKEY* key) {
+  BioPtr out(BIO_new(BIO_s_mem()));
+  REQUIRE(out);
+  REQUIRE(EVP_PKEY_print_public(out.get(), key, 2, nullptr) == 1);
+  char* data = nullptr;
+  const long length = BIO_get_mem_data(out.get(), &data);
+  return std::string(data, static_cast<std::size_t>(length));
 }
 
 EvpPkeyPtr dsa_key() {
@@ -313,13 +344,19 @@ TEST_CASE("with built-in EC keys on, EC certificates decode to built-in keys tha
   REQUIRE(use_builtin_ec_keys());
   CHECK(use_builtin_ec_keys());  // once for the process
   // Curves by their short names, as libssl passes them for ECDHE.
-  std::vector<KeyCase> cases;
-  cases.push_back({"EC P-256", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "prime256v1")),
-                   EVP_sha256()});
-  cases.push_back({"EC P-384", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "secp384r1")),
-                   EVP_sha384()});
-  cases.push_back({"EC P-521", EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "secp521r1")),
-                   EVP_sha512()});
+  struct EcCase {
+    const char* name;
+    const char* curve;
+    const EVP_MD* digest;
+    int bits;
+    int signature_size;  // the longest DER ECDSA signature
+    EvpPkeyPtr key;
+  };
+  std::vector<EcCase> cases;
+  cases.push_back({"EC P-256", "prime256v1", EVP_sha256(), 256, 72, nullptr});
+  cases.push_back({"EC P-384", "secp384r1", EVP_sha384(), 384, 104, nullptr});
+  cases.push_back({"EC P-521", "secp521r1", EVP_sha512(), 521, 139, nullptr});
+  for (auto& c : cases) c.key.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", c.curve));
   const EvpPkeyPtr stranger(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "prime256v1"));
   REQUIRE(stranger);
   for (const auto& c : cases) {
@@ -341,6 +378,55 @@ TEST_CASE("with built-in EC keys on, EC certificates decode to built-in keys tha
     CHECK_FALSE(verifies(trimmed, key, c.digest, signature, "another transcript"));
     const auto forged = sign(stranger.get(), c.digest, "handshake transcript");
     CHECK_FALSE(verifies(trimmed, key, c.digest, forged, "handshake transcript"));
+    // The public-key functions of the gateway's EC method answer as libcrypto's own.
+    CHECK(encoded_spki(key) == spki_der(X509_get_X509_PUBKEY(cert.get())));
+    CHECK(EVP_PKEY_get_bits(key) == c.bits);
+    CHECK(EVP_PKEY_get_size(key) == c.signature_size);
+    const std::string text = printed(key);
+    CHECK(text.find("  Public-Key: (" + std::to_string(c.bits) + " bit)\n  pub:\n      04:") == 0);
+    CHECK(text.find("  ASN1 OID: " + std::string(c.curve) + "\n") != std::string::npos);
+    ERR_clear_error();
+  }
+
+  // Keys on other curves, and keys with explicit curve parameters, decode as before too.
+  {
+    EC_KEY* ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+    REQUIRE(ec);
+    REQUIRE(EC_KEY_generate_key(ec) == 1);
+    EC_KEY_set_asn1_flag(ec, OPENSSL_EC_EXPLICIT_CURVE);
+    EvpPkeyPtr explicit_key(EVP_PKEY_new());
+    REQUIRE(explicit_key);
+    REQUIRE(EVP_PKEY_assign_EC_KEY(explicit_key.get(), ec) == 1);
+    std::vector<std::pair<const char*, EvpPkeyPtr>> keys;
+    keys.emplace_back("explicit P-256 parameters", std::move(explicit_key));
+    keys.emplace_back("EC P-224",
+                      EvpPkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "secp224r1")));
+    for (auto& [name, original] : keys) {
+      INFO(name);
+      REQUIRE(original);
+      const auto cert = decode_in(trimmed, self_signed_der(original.get(), EVP_sha256()));
+      REQUIRE(cert);
+      EVP_PKEY* key = X509_get0_pubkey(cert.get());
+      REQUIRE(key != nullptr);
+      CHECK(EVP_PKEY_eq(key, original.get()) == 1);
+      CHECK(X509_verify(cert.get(), key) == 1);
+      CHECK(encoded_spki(key) == spki_der(X509_get_X509_PUBKEY(cert.get())));
+    }
+    const std::string text = printed(X509_get0_pubkey(
+        decode_in(trimmed, self_signed_der(keys[0].second.get(), EVP_sha256())).get()));
+    CHECK(text.find("Field Type: prime-field") != std::string::npos);
+    ERR_clear_error();
+  }
+
+  // A key whose point is not on its curve is refused.
+  {
+    auto der = self_signed_der(cases[0].key.get(), EVP_sha256());
+    const auto spki = spki_der(X509_get_X509_PUBKEY(decode_in(trimmed, der).get()));
+    const auto at = std::search(der.begin(), der.end(), spki.begin(), spki.end());
+    REQUIRE(at != der.end());
+    *(at + static_cast<std::ptrdiff_t>(spki.size()) - 1) ^= 0x01;  // the point's last byte
+    const auto cert = decode_in(trimmed, der);
+    CHECK((!cert || X509_get0_pubkey(cert.get()) == nullptr));
     ERR_clear_error();
   }
 
