@@ -32,25 +32,27 @@ EVP_PKEY_METHOD* builtin_ec_method() {
   return method;
 }
 
-// The curves whose group is built once: those of WebPKI and private PKI certificates.
-constexpr std::array<int, 3> shared_curves = {NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1};
+// The curves whose group is built once (those of WebPKI and private PKI certificates), each
+// with its group, kept for the life of the process; only ever read (EC_KEY_set_group copies
+// it), so any number of threads may use them at once.
+struct SharedGroup {
+  int nid;
+  EC_GROUP* group;
+};
 
-// One group per shared curve, built once and kept for the life of the process; only ever read
-// (EC_KEY_set_group copies it), so any number of threads may use it at once.
-const std::array<EC_GROUP*, shared_curves.size()>& shared_groups() {
-  static const auto groups = [] {
-    std::array<EC_GROUP*, shared_curves.size()> made{};
-    for (std::size_t i = 0; i < shared_curves.size(); ++i) {
-      made[i] = EC_GROUP_new_by_curve_name(shared_curves[i]);
-    }
+const std::array<SharedGroup, 3>& shared_groups() {
+  static const std::array<SharedGroup, 3> groups = [] {
+    std::array<SharedGroup, 3> made{
+        {{NID_X9_62_prime256v1, nullptr}, {NID_secp384r1, nullptr}, {NID_secp521r1, nullptr}}};
+    for (auto& shared : made) shared.group = EC_GROUP_new_by_curve_name(shared.nid);
     return made;
   }();
   return groups;
 }
 
 const EC_GROUP* shared_group(int nid) {
-  for (std::size_t i = 0; i < shared_curves.size(); ++i) {
-    if (shared_curves[i] == nid) return shared_groups()[i];
+  for (const auto& shared : shared_groups()) {
+    if (shared.nid == nid) return shared.group;
   }
   return nullptr;
 }
@@ -191,8 +193,8 @@ int pkey_bits(const EVP_PKEY* pkey) {
 bool register_ec_asn1_method() {
   const EVP_PKEY_ASN1_METHOD* builtin = EVP_PKEY_asn1_find(nullptr, EVP_PKEY_EC);
   if (!builtin) return false;
-  for (const EC_GROUP* group : shared_groups()) {
-    if (!group) return false;
+  for (const auto& shared : shared_groups()) {
+    if (!shared.group) return false;
   }
   EVP_PKEY_ASN1_METHOD* method = EVP_PKEY_asn1_new(EVP_PKEY_EC, 0, "EC", "OpenSSL EC algorithm");
   if (!method) return false;

@@ -412,9 +412,12 @@ TEST_CASE("with built-in EC keys on, EC certificates decode to built-in keys tha
       CHECK(X509_verify(cert.get(), key) == 1);
       CHECK(encoded_spki(key) == spki_der(X509_get_X509_PUBKEY(cert.get())));
     }
-    const std::string text = printed(X509_get0_pubkey(
-        decode_in(trimmed, self_signed_der(keys[0].second.get(), EVP_sha256())).get()));
-    CHECK(text.find("Field Type: prime-field") != std::string::npos);
+    const auto explicit_cert =
+        decode_in(trimmed, self_signed_der(keys[0].second.get(), EVP_sha256()));
+    REQUIRE(explicit_cert);
+    REQUIRE(X509_get0_pubkey(explicit_cert.get()) != nullptr);
+    CHECK(printed(X509_get0_pubkey(explicit_cert.get())).find("Field Type: prime-field") !=
+          std::string::npos);
     ERR_clear_error();
   }
 
