@@ -322,8 +322,12 @@ SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned 
 // 4 KiB for each connection, and for each cached session). The certificates are identical
 // (X509_cmp compares the whole encoding), so nothing that reads the chain sees a difference.
 // Called once the client's Certificate message is processed and verified, and before the session
-// is cached or encrypted into a ticket: no other connection can reach it yet.
+// is cached or encrypted into a ticket: no other connection can reach it yet. With a verified
+// chain cache, the cache has already put its shared objects in the session (truststore ones
+// included), and the verified chain may hold the copies they replaced: nothing to do.
 void share_truststore_copies(SSL* ssl) {
+  const auto* state = verify_state(ssl);
+  if (state && state->chains) return;
   STACK_OF(X509)* sent = SSL_get_peer_cert_chain(ssl);
   STACK_OF(X509)* verified = SSL_get0_verified_chain(ssl);
   if (!sent || !verified) return;

@@ -438,8 +438,13 @@ TEST_CASE("the intermediate may come from the client or from the truststore", "[
   }
   SECTION("truststore holds root and intermediate, client sends both") {
     const auto version = GENERATE(TLS1_2_VERSION, TLS1_3_VERSION);
-    INFO("version " << std::hex << version);
+    // Without a verified chain cache too, and served from the cache (twice).
+    f.listener.client_auth.chain_cache_size = GENERATE(0, 10000);
+    const int handshakes = GENERATE(1, 2);
+    INFO("version " << std::hex << version << " chain_cache_size " << std::dec
+                    << f.listener.client_auth.chain_cache_size << " handshakes " << handshakes);
     const auto server_ctx = f.server_context();
+    if (handshakes == 2) REQUIRE(handshake(server_ctx.get(), with_chain.get(), version).server_ok);
     const auto outcome = handshake(server_ctx.get(), with_chain.get(), version);
     CHECK(outcome.server_ok);
     // The session keeps the truststore's intermediate, not a decoded copy of the client's.
@@ -547,9 +552,13 @@ TEST_CASE("a client's chain is verified once; revocation is checked every time",
     REQUIRE(checker->calls.size() == 2);
     CHECK(checker->calls[1].subject == "CN=client-1");
     CHECK(checker->calls[1].issuer == "CN=Test Intermediate");
-    // The session holds the truststore's intermediate, as after a full verification.
+    // The session holds the truststore's intermediate, as after a full verification, and the
+    // first handshake's decoded leaf instead of a copy of its own.
     REQUIRE(second.server_peer_chain.size() == 1);
     CHECK(second.server_peer_chain[0].get() == f.truststore_intermediate());
+    REQUIRE(second.server_peer);
+    CHECK(second.server_peer.get() == first.server_peer.get());
+    CHECK(X509_cmp(second.server_peer.get(), client.cert.get()) == 0);
 
     // Revoked since: refused from the cache with the certificate_revoked alert.
     checker->leaf_status = revocation::Status::revoked;
@@ -573,14 +582,35 @@ TEST_CASE("a client's chain is verified once; revocation is checked every time",
   SECTION("an intermediate only the client sends") {
     f.truststore = Truststore::load(f.dir / "root.pem");
     const auto server_ctx = f.server_context(checker);
-    CHECK(handshake(server_ctx.get(), client_ctx.get(), version).server_ok);
-    CHECK(handshake(server_ctx.get(), client_ctx.get(), version).server_ok);
+    const auto first = handshake(server_ctx.get(), client_ctx.get(), version);
+    const auto second = handshake(server_ctx.get(), client_ctx.get(), version);
+    CHECK(first.server_ok);
+    CHECK(second.server_ok);
+    // Both sessions share one decoded leaf and one decoded intermediate: the first's.
+    REQUIRE(first.server_peer);
+    REQUIRE(first.server_peer_chain.size() == 1);
+    REQUIRE(second.server_peer_chain.size() == 1);
+    CHECK(second.server_peer.get() == first.server_peer.get());
+    CHECK(second.server_peer_chain[0].get() == first.server_peer_chain[0].get());
+    CHECK(X509_cmp(second.server_peer_chain[0].get(), f.intermediate.cert.get()) == 0);
+    CHECK(second.server_peer_chain[0].get() != f.intermediate.cert.get());
+    // Another client's leaf is its own.
+    const auto other = f.client(leaf_spec("client-2"));
+    const auto other_ctx = f.client_context(&other, {&f.intermediate});
+    const auto third = handshake(server_ctx.get(), other_ctx.get(), version);
+    CHECK(third.server_ok);
+    REQUIRE(third.server_peer);
+    CHECK(third.server_peer.get() != first.server_peer.get());
+    CHECK(X509_cmp(third.server_peer.get(), other.cert.get()) == 0);
+    // ... and the intermediate both send is one object for both clients' sessions.
+    REQUIRE(third.server_peer_chain.size() == 1);
+    CHECK(third.server_peer_chain[0].get() == first.server_peer_chain[0].get());
     // Sending the leaf alone is another key, and there is no path without the intermediate.
     const auto leaf_only = f.client_context(&client);
     const auto missing = handshake(server_ctx.get(), leaf_only.get(), version);
     CHECK_FALSE(missing.server_ok);
     CHECK(missing.reason == "unknown_ca");
-    CHECK(cache_of(server_ctx.get()) == ChainCacheStats{1, 1, 2});
+    CHECK(cache_of(server_ctx.get()) == ChainCacheStats{2, 1, 3});
   }
   SECTION("a refused chain is not kept: expired, again and again") {
     auto spec = leaf_spec("client-expired");

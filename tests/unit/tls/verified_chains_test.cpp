@@ -50,7 +50,10 @@ struct Result {
   int error = X509_V_OK;
   std::vector<X509*> chain;  // pointers, leaf first
   std::vector<std::string> subjects;
-  bool own_leaf = false;
+  std::vector<X509*> untrusted;  // the untrusted stack afterwards
+  std::vector<X509*> own;        // this verification's decoded copies of what was sent
+  // The context's leaf, the chain's and the untrusted stack's first are one object.
+  bool consistent = false;
 };
 
 // A fresh decode of `cert`, as each handshake decodes what the client sends. No test macros:
@@ -87,16 +90,19 @@ struct Pki {
   Pki() { REQUIRE(X509_STORE_add_cert(store.get(), root.cert.get()) == 1); }
 
   // Verifies `sent` (leaf first; decoded afresh, as in a handshake) through `chains`, as libssl
-  // does: the leaf is also among the untrusted certificates. `at` = 0: now. Null when the
-  // context cannot be set up. No test macros: called from several threads.
+  // does: the leaf is also among the untrusted certificates (unless `leaf_untrusted` is false).
+  // `at` = 0: now. Null when the context cannot be set up. No test macros: called from several
+  // threads.
   std::optional<Result> try_verify(VerifiedChains& chains, const std::vector<X509*>& sent,
-                                   Seen& seen, std::time_t at = 0, unsigned long flags = 0) const {
+                                   Seen& seen, std::time_t at = 0, unsigned long flags = 0,
+                                   bool leaf_untrusted = true) const {
     std::vector<X509Ptr> copies;
     X509StackPtr untrusted(sk_X509_new_null());
     for (X509* cert : sent) {
       copies.push_back(decoded(cert));
-      if (!copies.back() || !untrusted || !sk_X509_push(untrusted.get(), copies.back().get()))
-        return std::nullopt;
+      if (!copies.back() || !untrusted) return std::nullopt;
+      if (copies.size() == 1 && !leaf_untrusted) continue;
+      if (!sk_X509_push(untrusted.get(), copies.back().get())) return std::nullopt;
       X509_up_ref(copies.back().get());
     }
     X509StoreCtxPtr ctx(X509_STORE_CTX_new());
@@ -116,8 +122,13 @@ struct Pki {
       result.chain.push_back(sk_X509_value(chain, i));
       result.subjects.push_back(subject_of(sk_X509_value(chain, i)));
     }
-    // The chain's leaf is this verification's own object.
-    result.own_leaf = !result.chain.empty() && result.chain.front() == copies.front().get();
+    for (int i = 0; i < sk_X509_num(untrusted.get()); ++i) {
+      result.untrusted.push_back(sk_X509_value(untrusted.get(), i));
+    }
+    for (const auto& copy : copies) result.own.push_back(copy.get());
+    X509* leaf = X509_STORE_CTX_get0_cert(ctx.get());
+    result.consistent = !result.chain.empty() && result.chain.front() == leaf &&
+                        (!leaf_untrusted || result.untrusted.front() == leaf);
     ERR_clear_error();
     return result;
   }
@@ -126,7 +137,7 @@ struct Pki {
                 std::time_t at = 0) const {
     auto result = try_verify(chains, sent, seen, at);
     REQUIRE(result);
-    if (!result->chain.empty()) CHECK(result->own_leaf);
+    if (!result->chain.empty()) CHECK(result->consistent);
     return *result;
   }
 };
@@ -155,9 +166,88 @@ TEST_CASE("a chain verified once is found again, with the callback called as bef
   CHECK(chains.misses() == 1);
   CHECK(b.subjects == a.subjects);
   CHECK(b.subjects == std::vector<std::string>{"CN=client-1", "CN=Intermediate", "CN=Root"});
-  // The anchor is the truststore's own object; the leaf and intermediate are this one's.
+  // The anchor is the truststore's own object. The first verification's decoded leaf and
+  // intermediate are kept, and the second takes them in place of its own copies, in the chain
+  // and in the untrusted stack (what libssl keeps in the session).
   CHECK(b.chain.back() == pki.root.cert.get());
+  CHECK(a.chain.front() == a.own.front());
+  CHECK(a.untrusted == a.own);
+  CHECK(b.chain == a.chain);
+  CHECK(b.untrusted == a.own);
+  CHECK(b.untrusted != b.own);
   CHECK(first.calls == good_calls);
+  CHECK(second.calls == good_calls);
+}
+
+TEST_CASE("a cached chain shares the truststore's object for a certificate it holds too",
+          "[verified_chains]") {
+  Pki pki;
+  REQUIRE(X509_STORE_add_cert(pki.store.get(), pki.intermediate.cert.get()) == 1);
+  VerifiedChains chains(16);
+  Seen first, second;
+  const auto a = pki.verify(chains, {pki.leaf.cert.get(), pki.intermediate.cert.get()}, first);
+  const auto b = pki.verify(chains, {pki.leaf.cert.get(), pki.intermediate.cert.get()}, second);
+  CHECK(a.verified == 1);
+  CHECK(b.verified == 1);
+  CHECK(chains.hits() == 1);
+  // The chain runs through the truststore's intermediate; the sent one is replaced by it.
+  REQUIRE(b.chain.size() == 3);
+  CHECK(b.chain[1] == pki.intermediate.cert.get());
+  CHECK(b.untrusted == std::vector<X509*>{a.own[0], pki.intermediate.cert.get()});
+}
+
+TEST_CASE("clients sending the same intermediate share one copy of it", "[verified_chains]") {
+  Pki pki;
+  const auto other = issue_certificate(leaf_spec("client-2"), &pki.intermediate);
+  const auto intermediate_2 = issue_certificate(ca_spec("Intermediate 2"), &pki.root);
+  const auto third = issue_certificate(leaf_spec("client-3"), &intermediate_2);
+  Seen seen;
+  SECTION("from the first handshake of each") {
+    VerifiedChains chains(16);
+    const auto a = pki.verify(chains, {pki.leaf.cert.get(), pki.intermediate.cert.get()}, seen);
+    const auto b = pki.verify(chains, {other.cert.get(), pki.intermediate.cert.get()}, seen);
+    CHECK(chains.misses() == 2);
+    CHECK(chains.shared_cas() == 1);
+    // The second keeps its own leaf, and takes the first's intermediate for the session.
+    CHECK(b.untrusted == std::vector<X509*>{b.own[0], a.own[1]});
+    CHECK(b.chain.front() == b.own[0]);
+    const auto c = pki.verify(chains, {other.cert.get(), pki.intermediate.cert.get()}, seen);
+    CHECK(c.untrusted == std::vector<X509*>{b.own[0], a.own[1]});
+    // Another intermediate is another copy.
+    const auto d = pki.verify(chains, {third.cert.get(), intermediate_2.cert.get()}, seen);
+    CHECK(d.verified == 1);
+    CHECK(d.untrusted == d.own);
+    CHECK(chains.shared_cas() == 2);
+  }
+  SECTION("released with the last entry that includes it") {
+    VerifiedChains chains(1);
+    pki.verify(chains, {pki.leaf.cert.get(), pki.intermediate.cert.get()}, seen);
+    pki.verify(chains, {other.cert.get(), pki.intermediate.cert.get()}, seen);
+    CHECK(chains.shared_cas() == 1);
+    pki.verify(chains, {third.cert.get(), intermediate_2.cert.get()}, seen);
+    CHECK(chains.shared_cas() == 1);
+    CHECK(chains.size() == 1);
+    // The first intermediate was released: sent again, it is this handshake's own copy.
+    const auto e = pki.verify(chains, {other.cert.get(), pki.intermediate.cert.get()}, seen);
+    CHECK(e.untrusted == e.own);
+  }
+}
+
+TEST_CASE("a context in another layout keeps its own objects", "[verified_chains]") {
+  // The leaf only as the context's certificate, not among the untrusted ones.
+  Pki pki;
+  VerifiedChains chains(16);
+  Seen first, second;
+  const std::vector<X509*> sent = {pki.leaf.cert.get(), pki.intermediate.cert.get()};
+  const auto a = pki.try_verify(chains, sent, first, 0, 0, false);
+  const auto b = pki.try_verify(chains, sent, second, 0, 0, false);
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK(b->verified == 1);
+  CHECK(chains.hits() == 1);
+  CHECK(b->consistent);
+  CHECK(b->chain.front() == b->own.front());
+  CHECK(b->untrusted == std::vector<X509*>{b->own[1]});
   CHECK(second.calls == good_calls);
 }
 
@@ -331,7 +421,7 @@ TEST_CASE("threads share one cache", "[verified_chains]") {
         Seen seen;
         const auto& leaf = leaves[static_cast<std::size_t>((t + i) % 3)];
         const auto r = pki.try_verify(chains, {leaf.cert.get(), pki.intermediate.cert.get()}, seen);
-        if (r && r->verified == 1 && r->own_leaf && seen.calls.size() == 3) {
+        if (r && r->verified == 1 && r->consistent && seen.calls.size() == 3) {
           ++verified[static_cast<std::size_t>(t)];
         }
       }
