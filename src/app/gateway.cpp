@@ -62,10 +62,12 @@ struct Gateway::Impl {
   // they differ (a reload waits until two looks agree, so a file being written settles first).
   std::optional<net::steady_timer> watch_timer;
   std::string watched, pending;
+  std::optional<net::steady_timer> sweep_timer;  // expired sessions out of the session caches
 
   std::shared_ptr<const proxy::Snapshot> current() const { return snapshot.load(); }
   std::string file_stamps() const;
   void watch_files();
+  void sweep_sessions();
   bool is_ready() const;
   std::string status_json() const;
   void attach_staplers(const proxy::Snapshot& snap);
@@ -423,12 +425,28 @@ void Gateway::Impl::watch_files() {
   });
 }
 
+// Every 30 seconds the sessions past their lifetime leave the current listeners' session caches
+// (OpenSSL's own clean-up is off: tls::remove_expired_sessions).
+void Gateway::Impl::sweep_sessions() {
+  if (stopping) return;
+  if (!sweep_timer) sweep_timer.emplace(control);
+  sweep_timer->expires_after(std::chrono::seconds(30));
+  sweep_timer->async_wait([this](boost::system::error_code ec) {
+    if (ec || stopping) return;
+    for (const auto& listener : current()->listeners) {
+      if (listener && listener->ssl) tls::remove_expired_sessions(listener->ssl->native_handle());
+    }
+    sweep_sessions();
+  });
+}
+
 void Gateway::Impl::begin_shutdown(std::string_view why) {
   if (stopping) return;
   stopping = true;
   ready = false;
   notify_stopping();
   if (watch_timer) watch_timer->cancel();
+  if (sweep_timer) sweep_timer->cancel();
   spdlog::info("shutting down ({}): no new connections, finishing requests in flight", why);
   services.draining = true;
   for (auto& l : listeners) l->stop();
@@ -569,6 +587,7 @@ int Gateway::run(std::function<void()> on_ready) {
   notify_ready(fmt::format("serving on {}", s.listeners.front()->address()));
   s.watched = s.file_stamps();
   s.watch_files();
+  s.sweep_sessions();
 
   s.control.run();
   for (auto& w : s.workers) w->stop();

@@ -519,6 +519,13 @@ std::optional<ChainCacheStats> chain_cache_stats(const SSL_CTX* ctx) {
   return ChainCacheStats{state->chains->size(), state->chains->hits(), state->chains->misses()};
 }
 
+std::size_t remove_expired_sessions(SSL_CTX* ctx) {
+  if (!ctx) return 0;
+  const long before = SSL_CTX_sess_number(ctx);
+  SSL_CTX_flush_sessions(ctx, static_cast<long>(std::time(nullptr)));
+  return static_cast<std::size_t>(std::max(0L, before - SSL_CTX_sess_number(ctx)));
+}
+
 std::uint64_t revocation_checked_generation(const SSL* ssl) {
   return ssl ? checked_generation(ssl) : 0;
 }
@@ -652,8 +659,10 @@ SslCtxPtr build_server_context(const ServerContextOptions& options) {
   if (cache_size < 0) {
     throw TlsError(fmt::format("{}tls.session_cache_size: {} is negative", where, cache_size));
   }
-  SSL_CTX_set_session_cache_mode(ctx.get(),
-                                 cache_size > 0 ? SSL_SESS_CACHE_SERVER : SSL_SESS_CACHE_OFF);
+  // Expired sessions are removed by remove_expired_sessions, not every 255 handshakes.
+  SSL_CTX_set_session_cache_mode(
+      ctx.get(),
+      cache_size > 0 ? SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_AUTO_CLEAR : SSL_SESS_CACHE_OFF);
   SSL_CTX_sess_set_cache_size(ctx.get(), cache_size);
   if (SSL_CTX_set_session_ticket_cb(ctx.get(), generate_ticket, decrypt_ticket, nullptr) != 1) {
     throw_openssl_error(where + "cannot install the session ticket callbacks");

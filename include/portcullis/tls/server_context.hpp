@@ -55,6 +55,13 @@ struct ChainCacheStats {
 };
 std::optional<ChainCacheStats> chain_cache_stats(const SSL_CTX* ctx);
 
+// Removes the sessions whose tls.session_lifetime has passed from the context's session cache;
+// returns how many. OpenSSL's own clean-up, every 255 full handshakes, is off: in OpenSSL 3.0
+// it walks the whole cache each time (0.6 % of a full handshake's CPU with a full cache of
+// 20,480). The cache stays bounded by tls.session_cache_size either way, an expired session is
+// never resumed, and the gateway calls this every 30 seconds.
+std::size_t remove_expired_sessions(SSL_CTX* ctx);
+
 // The revocation generation (Checker::generation()) this connection's chain was checked
 // against in its handshake: by the verify callback in a full handshake, or, for a resumed
 // session, from the session's stamp (in its ticket, or with it in the session cache) when the

@@ -10,6 +10,7 @@
 #include <openssl/provider.h>
 #include <catch2/catch.hpp>
 
+#include <ctime>
 #include <memory>
 #include <vector>
 
@@ -686,7 +687,9 @@ TEST_CASE("context settings", "[server_context]") {
     f.use_server_certificate(KeyType::rsa2048);
     CHECK(key_provider(SSL_CTX_get0_certificate(f.server_context().get())) == "portcullis-default");
     // Without shared ticket keys sessions stay in the context's cache; a TLS 1.3 ticket names one.
-    CHECK(SSL_CTX_get_session_cache_mode(ctx.get()) == SSL_SESS_CACHE_SERVER);
+    // Expired sessions go by remove_expired_sessions, not OpenSSL's walk every 255 handshakes.
+    CHECK(SSL_CTX_get_session_cache_mode(ctx.get()) ==
+          (SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_AUTO_CLEAR));
     CHECK(SSL_CTX_sess_get_cache_size(ctx.get()) == 20480);
     CHECK((options & SSL_OP_NO_TICKET) != 0);
     CHECK(SSL_CTX_get_num_tickets(ctx.get()) == 1);
@@ -700,6 +703,25 @@ TEST_CASE("context settings", "[server_context]") {
       CHECK(SSL_CIPHER_get_kx_nid(cipher) == NID_kx_ecdhe);
       CHECK(SSL_CIPHER_is_aead(cipher) == 1);
     }
+  }
+  SECTION("remove_expired_sessions removes only the sessions past their lifetime") {
+    const auto ctx = f.server_context();
+    const auto client = f.client(leaf_spec("client-1"));
+    const auto client_ctx = f.client_context(&client, {&f.intermediate});
+    REQUIRE(handshake(ctx.get(), client_ctx.get(), TLS1_2_VERSION).server_ok);
+    REQUIRE(SSL_CTX_sess_number(ctx.get()) == 1);
+    // One more, made 10 minutes ago with the default 5-minute lifetime.
+    SslSessionPtr old(SSL_SESSION_new());
+    const unsigned char id[32] = {1, 2, 3};
+    REQUIRE(SSL_SESSION_set1_id(old.get(), id, sizeof(id)) == 1);
+    REQUIRE(SSL_SESSION_set_timeout(old.get(), 300) == 1);
+    REQUIRE(SSL_SESSION_set_time(old.get(), static_cast<long>(std::time(nullptr)) - 600) != 0);
+    REQUIRE(SSL_CTX_add_session(ctx.get(), old.get()) == 1);
+    REQUIRE(SSL_CTX_sess_number(ctx.get()) == 2);
+    CHECK(remove_expired_sessions(ctx.get()) == 1);
+    CHECK(SSL_CTX_sess_number(ctx.get()) == 1);
+    CHECK(remove_expired_sessions(ctx.get()) == 0);
+    CHECK(remove_expired_sessions(nullptr) == 0);
   }
   SECTION("shared ticket keys: stateless tickets") {
     f.listener.tls.session_ticket_keys = f.dir / "tickets.keys";
