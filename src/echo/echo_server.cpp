@@ -86,9 +86,7 @@ net::awaitable<bool> send_bytes(Stream& stream, unsigned version, bool keep_aliv
   }
   res.keep_alive(keep_alive);
   http::response_serializer<http::buffer_body> sr{res};
-  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(60));
-  auto [hec, hn] = co_await http::async_write_header(stream, sr, net::as_tuple(net::use_awaitable));
-  if (hec) co_return false;
+  // The header goes out with the first piece of the body, in one write.
   std::uint64_t sent = 0;
   do {
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(piece, size - sent));
