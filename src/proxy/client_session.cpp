@@ -815,6 +815,13 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   res.version(client_version >= 11 ? 11 : 10);
   res.keep_alive(keep_alive);
   ex.status = status;
+  // The last response of the connection, whole and small (or bodyless): its last segment leaves
+  // with the close_notify. Not for a response that streams, whose tail would wait for the
+  // upstream's next bytes.
+  const auto length = response_parser->content_length();
+  if (!keep_alive && (bodyless || (!res.chunked() && length && *length <= relay_chunk_size))) {
+    stream_.close_after_this();
+  }
 
   auto received =
       co_await relay_message(lease->stream(), upstream_buffer, *response_parser, stream_, !bodyless,
@@ -930,6 +937,7 @@ net::awaitable<void> Session::respond(unsigned status, std::string_view content_
   ex.status = status;
   ex.bytes_out = res.body().size();
   beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(10));
+  if (!keep_alive) stream_.close_after_this();  // it leaves with the close_notify
   co_await http::async_write(stream_, res, net::as_tuple(net::use_awaitable));
 }
 

@@ -46,11 +46,13 @@ void note_failure(BIO* bio, bool reading) {
 int socket_bio_write(BIO* bio, const char* data, std::size_t size, std::size_t* written) {
   const int fd = descriptor_of(bio);
   if (fd < 0) return 0;
+  const auto* timed = static_cast<const TimedSocket*>(BIO_get_data(bio));
+  // MSG_NOSIGNAL: a peer that has gone away is an EPIPE for this connection, not a SIGPIPE for
+  // the process.
+  const int flags = MSG_NOSIGNAL | (timed->holds_partial_segments() ? MSG_MORE : 0);
   ssize_t n;
   do {
-    // MSG_NOSIGNAL: a peer that has gone away is an EPIPE for this connection, not a SIGPIPE
-    // for the process.
-    n = ::send(fd, data, size, MSG_NOSIGNAL);
+    n = ::send(fd, data, size, flags);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     note_failure(bio, false);
@@ -257,6 +259,7 @@ SocketStream::Want SocketStream::handshake_step(net::ssl::stream_base::handshake
 
 SocketStream::Want SocketStream::shutdown_step(boost::system::error_code& ec, bool await_peer) {
   begin_step();
+  next_.hold_partial_segments(false);  // the close_notify takes what is held with it
   int result = SSL_shutdown(ssl_);
   // 0: our close_notify is out; the second call reads the peer's.
   if (result == 0 && !await_peer) return Want::nothing;

@@ -79,6 +79,11 @@ class TimedSocket {
   // (the read would have blocked, or returned less than asked).
   void note_read(bool found_empty) noexcept { found_empty_ = found_empty; }
 
+  // While set, the stream's BIO sends with MSG_MORE: the kernel holds a partial segment until
+  // a send without it (see SocketStream::close_after_this).
+  void hold_partial_segments(bool hold) noexcept { hold_partial_ = hold; }
+  bool holds_partial_segments() const noexcept { return hold_partial_; }
+
   // As socket().async_wait, but a read wait that follows a read which found the socket empty
   // (and none since the last such wait) does not re-arm the descriptor (edge_wait.hpp).
   template <class Handler>
@@ -103,6 +108,7 @@ class TimedSocket {
   boost::asio::detail::epoll_reactor* reactor_;
 #endif
   bool found_empty_ = false;
+  bool hold_partial_ = false;
 };
 
 class SocketStream {
@@ -138,6 +144,13 @@ class SocketStream {
                          std::size_t&) { return s.shutdown_step(ec, true); },
                       std::forward<Token>(token));
   }
+
+  // The writes from here on end with our close_notify (async_shutdown or async_close_notify,
+  // which must follow at once): their last partial segment waits in the kernel and leaves with
+  // the close_notify, one segment where there were two. Only for writes that complete without
+  // waiting on anything else, such as a whole small response: a held tail waits for the next
+  // send.
+  void close_after_this() noexcept { next_.hold_partial_segments(true); }
 
   // Sends close_notify without waiting for the peer's (RFC 8446 6.1 allows closing then).
   template <class Token>

@@ -16,6 +16,7 @@
 
 #include <array>
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <string>
 #include <vector>
@@ -28,6 +29,10 @@ namespace net = boost::asio;
 namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 using boost::system::error_code;
+
+namespace portcullis::tls::testing {
+std::int64_t data_segments_out(int fd);  // tcp_segments.cpp
+}
 
 namespace {
 
@@ -210,6 +215,42 @@ TEST_CASE("close_notify reads as eof, a transport closed without it as truncatio
     }());
     CHECK(read_error == ssl::error::stream_truncated);
   }
+}
+
+TEST_CASE("a last write leaves with the close_notify, in one segment", "[socket_stream]") {
+  const bool close_after = GENERATE(false, true);
+  INFO("close_after_this " << close_after);
+  Pair pair;
+  pair.handshake();
+  const auto response = pattern(1100, 'a');
+  std::string received(response.size(), '\0');
+  error_code end;
+  const int fd = pair.server->next_layer().socket().native_handle();
+  std::int64_t before = -1, after = -1;
+  pair.run([&]() -> net::awaitable<void> {
+    // The session ticket goes out with a first write; the count starts once it has arrived.
+    auto [fec, fn] = co_await net::async_write(*pair.server, net::buffer("x", 1), tuple);
+    REQUIRE_FALSE(fec);
+    char first = 0;
+    auto [frec, frn] = co_await net::async_read(*pair.client, net::buffer(&first, 1), tuple);
+    REQUIRE_FALSE(frec);
+    before = data_segments_out(fd);
+    REQUIRE(before >= 0);
+    if (close_after) pair.server->close_after_this();
+    auto [ec, n] = co_await net::async_write(*pair.server, net::buffer(response), tuple);
+    REQUIRE_FALSE(ec);
+    auto [sec] = co_await pair.server->async_close_notify(tuple);
+    REQUIRE_FALSE(sec);
+    auto [rec, rn] = co_await net::async_read(*pair.client, net::buffer(received), tuple);
+    REQUIRE_FALSE(rec);
+    std::array<char, 16> buf;
+    std::tie(end, std::ignore) = co_await pair.client->async_read_some(net::buffer(buf), tuple);
+    after = data_segments_out(fd);  // all of it has arrived, so all of it was sent
+  }());
+  CHECK(received == response);
+  CHECK(end == net::error::eof);  // the close_notify arrived after the data
+  INFO("data segments before " << before << ", after " << after);
+  CHECK(after - before == (close_after ? 1 : 2));
 }
 
 TEST_CASE("a handshake that fails reports OpenSSL's error", "[socket_stream]") {
