@@ -141,6 +141,10 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
   std::thread thread;
   bool started = false;
   std::vector<std::unique_ptr<net::steady_timer>> timers;
+  // Per source, on the io thread only: a refresh was asked for since its current fetch began.
+  // Cancelling the timer is not enough while a fetch is in flight (no wait to cancel yet), and
+  // that fetch may have been answered before the request.
+  std::vector<bool> refresh_pending;
   std::mt19937 rng{std::random_device{}()};
 
   fs::path cache_file(const std::string& source) const {
@@ -200,6 +204,7 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
 
   void spawn(std::size_t index) {
     timers.push_back(std::make_unique<net::steady_timer>(io));
+    refresh_pending.push_back(false);
     net::co_spawn(io, run_source(index), net::detached);
   }
 
@@ -334,10 +339,19 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
         std::chrono::milliseconds(static_cast<long>(delay.count() * jitter(rng))));
   }
 
+  // On the io thread: every source fetches now, or again as soon as its fetch in flight ends.
+  void refresh_all() {
+    for (std::size_t i = 0; i < timers.size(); ++i) {
+      refresh_pending[i] = true;
+      timers[i]->cancel();
+    }
+  }
+
   net::awaitable<void> run_source(std::size_t index) {
     auto self = shared_from_this();
     int failures = 0;
     for (;;) {
+      refresh_pending[index] = false;
       std::string source;
       {
         std::lock_guard lock(mutex);
@@ -390,9 +404,11 @@ struct CrlRefresher::Impl : std::enable_shared_from_this<Impl> {
         }
       }
       failures = ok ? 0 : failures + 1;
-      auto& timer = *timers[index];
-      timer.expires_after(next_delay(index, ok, failures));
-      co_await timer.async_wait(net::as_tuple(net::use_awaitable));  // cancelled: refresh now
+      if (!refresh_pending[index]) {
+        auto& timer = *timers[index];
+        timer.expires_after(next_delay(index, ok, failures));
+        co_await timer.async_wait(net::as_tuple(net::use_awaitable));  // cancelled: refresh now
+      }
       if (stopping) co_return;
     }
   }
@@ -506,9 +522,7 @@ void CrlRefresher::stop() {
 }
 
 void CrlRefresher::refresh_now() {
-  net::post(impl_->io, [impl = impl_] {
-    for (auto& t : impl->timers) t->cancel();
-  });
+  net::post(impl_->io, [impl = impl_] { impl->refresh_all(); });
 }
 
 void CrlRefresher::update_truststores(
@@ -516,7 +530,7 @@ void CrlRefresher::update_truststores(
   // Swapped on the refresher's own thread, between two CRL verifications.
   net::post(impl_->io, [impl = impl_, trust = std::move(truststores)]() mutable {
     impl->truststores = std::move(trust);
-    for (auto& t : impl->timers) t->cancel();
+    impl->refresh_all();
   });
 }
 

@@ -1,12 +1,14 @@
 """CRL revocation end to end: `openssl ca` revokes, a real HTTP server publishes the CRLs, the
 real gateway enforces them, curl and Python's ssl module are the clients."""
 
+import io
 import os
 import shutil
 import subprocess
 import socket
 import ssl
 import tempfile
+import threading
 import unittest
 
 from crl_fixtures import CertificateAuthority, CrlServer, read_text, with_bad_signature
@@ -222,9 +224,13 @@ class CrlEnforcement(unittest.TestCase):
                     self.crls.mode = mode
                     if body is not None:
                         self.crls.files["inter.crl"] = body
+                    # Waits for this case's failure, not any failure: a retry the previous case's
+                    # failure scheduled may still be in flight (a hanging fetch ends only at its
+                    # deadline) and be counted after `before` was read.
                     after = refresh_and_wait(
                         self.gateway, self.inter_url,
-                        lambda s: s["failed"] + s["rejected"] > before["failed"] + before["rejected"])
+                        lambda s: s["failed"] + s["rejected"] > before["failed"] + before["rejected"]
+                        and error in s["last_error"])
                     self.assertIn(error, after["last_error"])
                     self.assertEqual(after["crl_number"], good_number)
                     # check-cert meets the same bad CRL and, like the gateway, keeps the last
@@ -241,6 +247,43 @@ class CrlEnforcement(unittest.TestCase):
         finally:
             self.crls.mode = "ok"
             self.crls.files["inter.crl"] = older
+
+    def test_refresh_asked_for_during_a_fetch_is_not_lost(self):
+        # The CRL server holds its answer to one fetch, as it stood when the request arrived,
+        # while a newer CRL is published and a refresh is asked for. That fetch then succeeds with
+        # the old CRL; the refresh asked for meanwhile must still fetch the newer one, not wait
+        # for the next refresh_interval (1h).
+        refresh = f"http://127.0.0.1:{self.gateway.admin_port}/revocation/refresh"
+        old_number = crl_source_status(self.gateway, self.inter_url)["crl_number"]
+        newer = self.pki.inter.crl()
+        arrived, release = threading.Event(), threading.Event()
+        held = []
+        handler = self.crls.httpd.RequestHandlerClass
+
+        class HoldOneAnswer(handler):
+            def do_GET(self):
+                if self.path != "/inter.crl" or held:
+                    return super().do_GET()
+                held.append(self.path)
+                real, self.wfile = self.wfile, io.BytesIO()
+                super().do_GET()
+                answer, self.wfile = self.wfile.getvalue(), real
+                arrived.set()
+                release.wait(10)
+                self.wfile.write(answer)
+
+        self.crls.httpd.RequestHandlerClass = HoldOneAnswer
+        try:
+            self.assertEqual(http_post(refresh)[0], 202)
+            self.assertTrue(arrived.wait(20), "the refresh fetched the CRL")
+            self.crls.files["inter.crl"] = newer
+            self.assertEqual(http_post(refresh)[0], 202)
+        finally:
+            release.set()
+            self.crls.httpd.RequestHandlerClass = handler
+        wait_for(lambda: crl_source_status(self.gateway, self.inter_url)["crl_number"] != old_number,
+                 timeout=20, what="the CRL published during a fetch")
+        self.assert_refused(self.revoked, "revoked")
 
     def test_unchanged_crl_is_answered_304(self):
         # The first fetch may see a changed body (other tests swap it); the second cannot.
