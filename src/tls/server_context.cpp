@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 #include <optional>
 
@@ -62,6 +63,13 @@ int ssl_generation_index() {
   return index;
 }
 int ssl_checked_at_index() {
+  static const int index = new_ssl_index();
+  return index;
+}
+
+// Set (to any non-null value) when the verified chain cache put its shared certificates in the
+// session.
+int ssl_shared_index() {
   static const int index = new_ssl_index();
   return index;
 }
@@ -173,8 +181,19 @@ int verify_callback(int preverify_ok, X509_STORE_CTX* store_ctx) {
 
 // Builds and verifies the client's chain (OpenSSL's X509_verify_cert, or the cache's copy of its
 // result), calling verify_callback for each certificate either way.
+// Nothing may be thrown through libssl: a failed allocation fails the handshake.
 int verify_chain(X509_STORE_CTX* store_ctx, void* chains) {
-  return static_cast<VerifiedChains*>(chains)->verify(store_ctx);
+  try {
+    bool shared = false;
+    const int verified = static_cast<VerifiedChains*>(chains)->verify(store_ctx, &shared);
+    auto* ssl = static_cast<SSL*>(
+        X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+    if (shared && ssl) SSL_set_ex_data(ssl, ssl_shared_index(), ssl);
+    return verified;
+  } catch (const std::exception&) {
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_OUT_OF_MEM);
+    return 0;
+  }
 }
 
 // Session tickets carry a revocation stamp, inside the encrypted ticket: which context issued
@@ -322,12 +341,11 @@ SSL_TICKET_RETURN decrypt_ticket(SSL* ssl, SSL_SESSION* session, const unsigned 
 // 4 KiB for each connection, and for each cached session). The certificates are identical
 // (X509_cmp compares the whole encoding), so nothing that reads the chain sees a difference.
 // Called once the client's Certificate message is processed and verified, and before the session
-// is cached or encrypted into a ticket: no other connection can reach it yet. With a verified
-// chain cache, the cache has already put its shared objects in the session (truststore ones
-// included), and the verified chain may hold the copies they replaced: nothing to do.
+// is cached or encrypted into a ticket: no other connection can reach it yet. When the verified
+// chain cache has put its shared objects in the session (truststore ones included), the
+// verified chain may hold the copies they replaced: nothing to do.
 void share_truststore_copies(SSL* ssl) {
-  const auto* state = verify_state(ssl);
-  if (state && state->chains) return;
+  if (SSL_get_ex_data(ssl, ssl_shared_index())) return;
   STACK_OF(X509)* sent = SSL_get_peer_cert_chain(ssl);
   STACK_OF(X509)* verified = SSL_get0_verified_chain(ssl);
   if (!sent || !verified) return;

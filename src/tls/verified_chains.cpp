@@ -1,6 +1,7 @@
 #include "portcullis/tls/verified_chains.hpp"
 
 #include <openssl/crypto.h>
+#include <openssl/opensslv.h>
 
 #include <algorithm>
 #include <cstring>
@@ -54,6 +55,8 @@ int replay_verify_callback(X509_STORE_CTX* ctx) {
 // it sent, leaf first, as the untrusted stack; afterwards it moves that stack into the session:
 // the leaf as the peer certificate, the rest as the peer chain.
 bool in_libssl_layout(X509_STORE_CTX* ctx, const std::vector<X509*>& sent) {
+  static const bool libssl_3 = (OpenSSL_version_num() >> 28) == 3;
+  if (!libssl_3) return false;
   STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(ctx);
   if (!untrusted || sk_X509_num(untrusted) != static_cast<int>(sent.size())) return false;
   for (std::size_t i = 0; i < sent.size(); ++i) {
@@ -70,7 +73,7 @@ void use_shared(X509_STORE_CTX* ctx, const std::vector<X509*>& sent, std::vector
   STACK_OF(X509)* untrusted = X509_STORE_CTX_get0_untrusted(ctx);
   if (!keep_leaf) X509_STORE_CTX_set_cert(ctx, shared.front().get());
   for (std::size_t i = keep_leaf ? 1 : 0; i < sent.size(); ++i) {
-    if (shared[i].get() == sent[i]) continue;
+    if (!shared[i] || shared[i].get() == sent[i]) continue;
     sk_X509_set(untrusted, static_cast<int>(i), shared[i].release());
     X509_free(sent[i]);
   }
@@ -156,7 +159,7 @@ X509StackPtr VerifiedChains::chain_from_cache(const Key& key, const std::vector<
     shared->clear();
     shared->reserve(sent.size());
     for (const X509Ptr& cert : entry.shared) {
-      if (X509_up_ref(cert.get()) != 1) return nullptr;
+      if (cert && X509_up_ref(cert.get()) != 1) return nullptr;
       shared->emplace_back(cert.get());
     }
   }
@@ -192,20 +195,27 @@ std::vector<X509Ptr> VerifiedChains::remember(const Key& key, const std::vector<
   }
   if (entry.chain.front().sent != 0) return {};  // the chain does not start at the leaf
   // What later handshakes of this client share: the sent object where the chain uses it, else
-  // an identical truststore object the chain uses instead, else the sent object. A sent CA
-  // certificate that is not the truststore's is fingerprinted, to share it among entries.
+  // an identical truststore object the chain uses instead, else nothing (a certificate sent
+  // along that the chain does not use is not kept). A sent CA certificate that is not the
+  // truststore's is fingerprinted, to share it among entries.
   entry.shared.reserve(sent.size());
   std::vector<std::optional<Fingerprint>> fingerprints(sent.size());
   for (std::size_t i = 0; i < sent.size(); ++i) {
     X509* share = sent[i];
     const bool in_chain = std::any_of(entry.chain.begin(), entry.chain.end(),
                                       [&](const Link& l) { return l.sent == static_cast<int>(i); });
-    for (const Link& link : entry.chain) {
-      if (in_chain) break;
-      if (link.held && X509_cmp(link.held.get(), sent[i]) == 0) {
-        share = link.held.get();
-        break;
+    if (!in_chain) {
+      share = nullptr;
+      for (const Link& link : entry.chain) {
+        if (link.held && X509_cmp(link.held.get(), sent[i]) == 0) {
+          share = link.held.get();
+          break;
+        }
       }
+    }
+    if (!share) {
+      entry.shared.emplace_back();
+      continue;
     }
     if (i > 0 && share == sent[i]) {
       Fingerprint fingerprint{};
@@ -227,7 +237,7 @@ std::vector<X509Ptr> VerifiedChains::remember(const Key& key, const std::vector<
     // Another thread verified the same chain meanwhile.
     if (found->second->shared.size() != sent.size()) return {};
     for (const X509Ptr& cert : found->second->shared) {
-      if (X509_up_ref(cert.get()) != 1) return {};
+      if (cert && X509_up_ref(cert.get()) != 1) return {};
       shared.emplace_back(cert.get());
     }
     return shared;
@@ -236,8 +246,11 @@ std::vector<X509Ptr> VerifiedChains::remember(const Key& key, const std::vector<
     if (!fingerprints[i]) continue;
     auto [ca, added] = cas_.try_emplace(*fingerprints[i]);
     if (added) {
+      if (X509_up_ref(entry.shared[i].get()) != 1) {
+        cas_.erase(ca);
+        continue;
+      }
       ca->second.cert.reset(entry.shared[i].get());
-      X509_up_ref(entry.shared[i].get());
     } else if (X509_cmp(ca->second.cert.get(), entry.shared[i].get()) != 0 ||
                X509_up_ref(ca->second.cert.get()) != 1) {
       continue;
@@ -246,10 +259,6 @@ std::vector<X509Ptr> VerifiedChains::remember(const Key& key, const std::vector<
     }
     ++ca->second.users;
     entry.cas.push_back(*fingerprints[i]);
-  }
-  for (const X509Ptr& cert : entry.shared) {
-    X509_up_ref(cert.get());
-    shared.emplace_back(cert.get());
   }
   entries_.push_front(std::move(entry));
   index_.emplace(key, entries_.begin());
@@ -261,10 +270,14 @@ std::vector<X509Ptr> VerifiedChains::remember(const Key& key, const std::vector<
     index_.erase(entries_.back().key);
     entries_.pop_back();
   }
+  for (const X509Ptr& cert : entries_.front().shared) {
+    if (cert && X509_up_ref(cert.get()) != 1) return {};
+    shared.emplace_back(cert.get());
+  }
   return shared;
 }
 
-int VerifiedChains::verify(X509_STORE_CTX* ctx) {
+int VerifiedChains::verify(X509_STORE_CTX* ctx, bool* shared_out) {
   X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx);
   const unsigned long flags = X509_VERIFY_PARAM_get_flags(param);
   const std::vector<X509*> sent = sent_certificates(ctx);
@@ -278,7 +291,10 @@ int VerifiedChains::verify(X509_STORE_CTX* ctx) {
   const bool share = in_libssl_layout(ctx, sent);
   if (auto chain = chain_from_cache(key, sent, now, share ? &shared : nullptr)) {
     hits_.fetch_add(1, std::memory_order_relaxed);
-    if (share) use_shared(ctx, sent, shared, false);  // `sent` may point to freed copies now
+    if (share) {
+      use_shared(ctx, sent, shared, false);  // `sent` may point to freed copies now
+      if (shared_out) *shared_out = true;
+    }
     X509_STORE_CTX_set0_verified_chain(ctx, chain.release());
     X509_STORE_CTX_set_error(ctx, X509_V_OK);
     return replay_verify_callback(ctx);
@@ -290,7 +306,10 @@ int VerifiedChains::verify(X509_STORE_CTX* ctx) {
     // The session shares the entry's CA certificates from the first handshake on; the chain
     // just verified keeps this handshake's own objects, and so its leaf.
     auto shared = remember(key, sent, X509_STORE_CTX_get0_chain(ctx));
-    if (share && !shared.empty()) use_shared(ctx, sent, shared, true);
+    if (share && !shared.empty()) {
+      use_shared(ctx, sent, shared, true);
+      if (shared_out) *shared_out = true;
+    }
   }
   return verified;
 }

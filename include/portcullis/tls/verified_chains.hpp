@@ -22,7 +22,13 @@
 // covers every byte of every certificate sent, so the objects are of identical certificates.
 // A CA certificate that clients send and the truststore does not hold is kept once for all the
 // entries that include it (matched by X509_cmp: its SHA-1 and its signed part, byte for byte),
-// and the sessions of every client share it from their first handshake on.
+// and the sessions of every client share it from their first handshake on. A sent certificate
+// that is not part of the chain is not kept: the session has its own copy.
+//
+// This relies on libssl passing its own stack, which owns a reference to each certificate, as
+// the untrusted one; libssl 3.x does, and sharing is off with any other major version. The
+// shared objects are used by many sessions on many threads at once: nothing may change them
+// (no ex_data, trust or alias setters).
 //
 // One instance serves one SSL_CTX: its truststore and verification settings are fixed for its
 // life (a reload builds a new context, and with it an empty cache).
@@ -54,7 +60,8 @@ class VerifiedChains {
   // leaves the chain in the context (X509_STORE_CTX_get0_chain); 0 with the context's error
   // set when it does not. Certificates must be valid now, or at the context's fixed time
   // (X509_VERIFY_PARAM_set_time); a context that checks no time is always verified afresh.
-  int verify(X509_STORE_CTX* ctx);
+  // `shared` (optional) is set when the context's certificates were replaced by shared ones.
+  int verify(X509_STORE_CTX* ctx, bool* shared = nullptr);
 
   std::size_t size() const;
   // Sent CA certificates kept once for all the entries that include them.

@@ -233,6 +233,22 @@ TEST_CASE("clients sending the same intermediate share one copy of it", "[verifi
   }
 }
 
+TEST_CASE("a certificate sent along that the chain does not use is not kept", "[verified_chains]") {
+  Pki pki;
+  const auto stray = issue_certificate(ca_spec("Unrelated"), nullptr);
+  VerifiedChains chains(16);
+  Seen seen;
+  const std::vector<X509*> sent = {pki.leaf.cert.get(), pki.intermediate.cert.get(),
+                                   stray.cert.get()};
+  const auto a = pki.verify(chains, sent, seen);
+  const auto b = pki.verify(chains, sent, seen);
+  CHECK(b.verified == 1);
+  CHECK(chains.hits() == 1);
+  CHECK(chains.shared_cas() == 1);  // the intermediate only
+  // The leaf and intermediate are the first handshake's; the stray certificate is b's own.
+  CHECK(b.untrusted == std::vector<X509*>{a.own[0], a.own[1], b.own[2]});
+}
+
 TEST_CASE("a context in another layout keeps its own objects", "[verified_chains]") {
   // The leaf only as the context's certificate, not among the untrusted ones.
   Pki pki;
