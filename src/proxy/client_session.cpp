@@ -815,18 +815,11 @@ net::awaitable<bool> Session::forward(http::request_parser<http::buffer_body>& p
   res.version(client_version >= 11 ? 11 : 10);
   res.keep_alive(keep_alive);
   ex.status = status;
-  // The last response of the connection, whole and small (or bodyless): its last segment leaves
-  // with the close_notify. Not for a response that streams, whose tail would wait for the
-  // upstream's next bytes.
-  const auto length = response_parser->content_length();
-  if (!keep_alive && (bodyless || (!res.chunked() && length && *length <= relay_chunk_size))) {
-    stream_.close_after_this();
-  }
 
   auto received =
       co_await relay_message(lease->stream(), upstream_buffer, *response_parser, stream_, !bodyless,
                              upstream.response_timeout, cfg_.idle_timeout, chunk(), std::nullopt,
-                             {}, SmallBody::with_the_header);
+                             {}, SmallBody::with_the_header, !keep_alive);
   ex.bytes_out = received.body_bytes;
   if (received.read_error) {
     const bool timeout = received.read_error == beast::error::timeout;

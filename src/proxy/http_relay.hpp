@@ -109,13 +109,17 @@ enum class SmallBody {
 // number of body bytes already read into `chunk` (the first piece, read before forwarding).
 // The first piece of the body, when it is at hand, goes out in the same write as the header.
 // `added_lines` (serialized fields, see header_lines) go out after the header's own fields.
+// `closes_after`: the connection closes once this message is out; its last write (of a message
+// not chunked on the way out) is held to leave with the close_notify (close_after_this, for an
+// `out` that has it).
 template <class In, class Out, bool isRequest>
 boost::asio::awaitable<RelayResult> relay_message(
     In& in, boost::beast::flat_buffer& in_buffer,
     boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser, Out& out,
     bool with_body, std::chrono::milliseconds read_timeout, std::chrono::milliseconds write_timeout,
     std::vector<char>& chunk, std::optional<std::size_t> preread = std::nullopt,
-    std::string_view added_lines = {}, SmallBody small_body = SmallBody::header_first) {
+    std::string_view added_lines = {}, SmallBody small_body = SmallBody::header_first,
+    bool closes_after = false) {
   namespace http = boost::beast::http;
   using boost::asio::as_tuple;
   using boost::asio::use_awaitable;
@@ -170,6 +174,9 @@ boost::asio::awaitable<RelayResult> relay_message(
       const std::array<boost::asio::const_buffer, 2> pieces{
           first ? boost::asio::buffer(head) : boost::asio::const_buffer(),
           boost::asio::buffer(chunk.data(), piece)};
+      if constexpr (requires { out.close_after_this(); }) {
+        if (closes_after && (!with_body || parser.is_done())) out.close_after_this();
+      }
       boost::beast::get_lowest_layer(out).expires_after(write_timeout);
       boost::system::error_code write_ec;
       const auto now = write_now(out, pieces, write_ec);

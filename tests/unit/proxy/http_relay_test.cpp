@@ -91,10 +91,14 @@ namespace {
 namespace net = boost::asio;
 using net::ip::tcp;
 
-// A stream over a gateway-side socket that records the size of every write the relay makes.
+// A stream over a gateway-side socket that records the size of every write the relay makes,
+// and before which write the relay asked to hold the last one for the close (close_after_this).
 struct CountingStream {
   boost::beast::tcp_stream& stream;
   std::vector<std::size_t>& writes;
+  std::vector<std::size_t>& holds;
+
+  void close_after_this() { holds.push_back(writes.size()); }
 
   using executor_type = boost::beast::tcp_stream::executor_type;
   using next_layer_type = boost::beast::tcp_stream;
@@ -121,6 +125,7 @@ std::pair<tcp::socket, tcp::socket> connected_pair(net::io_context& io) {
 
 struct RelayRun {
   std::vector<std::size_t> writes;   // what the relay wrote to the client, write by write
+  std::vector<std::size_t> holds;    // close_after_this, by the number of writes made before
   std::size_t held_before_body = 0;  // bytes the client had when the body was about to go
   portcullis::proxy::RelayResult result;
   std::string received;  // all the client got
@@ -129,14 +134,15 @@ struct RelayRun {
 // An upstream writes `head`, then `body` (or closes, when `body` is empty) once the client has
 // received something or 50 ms have passed; the relay forwards the response to the client.
 RelayRun relay_response(const std::string& head, const std::string& body,
-                        portcullis::proxy::SmallBody small_body, std::size_t chunk_size = 1024) {
+                        portcullis::proxy::SmallBody small_body, std::size_t chunk_size = 1024,
+                        bool closes_after = false) {
   net::io_context io;
   auto [upstream, gateway_in] = connected_pair(io);
   auto [gateway_out, client] = connected_pair(io);
   boost::beast::tcp_stream in(std::move(gateway_in));
   boost::beast::tcp_stream out_stream(std::move(gateway_out));
   RelayRun run;
-  CountingStream out{out_stream, run.writes};
+  CountingStream out{out_stream, run.writes, run.holds};
 
   net::co_spawn(
       io,
@@ -165,7 +171,7 @@ RelayRun relay_response(const std::string& head, const std::string& body,
         std::vector<char> chunk(chunk_size);
         run.result = co_await portcullis::proxy::relay_message(
             in, buffer, parser, out, true, std::chrono::seconds(5), std::chrono::seconds(5), chunk,
-            std::nullopt, {}, small_body);
+            std::nullopt, {}, small_body, closes_after);
         out_stream.socket().shutdown(tcp::socket::shutdown_send);
       },
       net::detached);
@@ -204,6 +210,18 @@ TEST_CASE("a small response's header waits for its body's first bytes", "[http_r
     REQUIRE_FALSE(run.writes.empty());
     CHECK(run.writes.front() == big_head.size());
     CHECK(run.received == big_head + std::string(2000, 'x'));
+  }
+  SECTION("closing after it: only the last write is held for the close_notify") {
+    const auto small = relay_response(head, "hello", SmallBody::with_the_header, 1024, true);
+    CHECK(small.holds == std::vector<std::size_t>{0});
+    CHECK(small.received == head + "hello");
+    const std::string big_head = "HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n";
+    const auto big =
+        relay_response(big_head, std::string(2000, 'x'), SmallBody::with_the_header, 1024, true);
+    REQUIRE(big.writes.size() >= 2);
+    CHECK(big.holds == std::vector<std::size_t>{big.writes.size() - 1});
+    CHECK(big.received == big_head + std::string(2000, 'x'));
+    CHECK(relay_response(head, "hello", SmallBody::with_the_header).holds.empty());
   }
   SECTION("an upstream that closes before the body: nothing went out, so the caller can answer") {
     const auto run = relay_response(head, "", SmallBody::with_the_header);
