@@ -220,7 +220,7 @@ std::vector<X509Ptr> VerifiedChains::remember(const Key& key, const std::vector<
     if (i > 0 && share == sent[i]) {
       Fingerprint fingerprint{};
       unsigned int size = 0;
-      X509_check_purpose(share, -1, 0);  // caches the SHA-1 X509_digest then returns
+      X509_check_purpose(share, -1, 0);  // computes the SHA-1 that X509_digest returns
       if (X509_digest(share, EVP_sha1(), fingerprint.data(), &size) == 1 &&
           size == fingerprint.size()) {
         fingerprints[i] = fingerprint;
@@ -305,7 +305,7 @@ int VerifiedChains::verify(X509_STORE_CTX* ctx, bool* shared_out) {
   if (verified == 1 && X509_STORE_CTX_get_error(ctx) == X509_V_OK) {
     // The session shares the entry's CA certificates from the first handshake on; the chain
     // just verified keeps this handshake's own objects, and so its leaf.
-    auto shared = remember(key, sent, X509_STORE_CTX_get0_chain(ctx));
+    shared = remember(key, sent, X509_STORE_CTX_get0_chain(ctx));
     if (share && !shared.empty()) {
       use_shared(ctx, sent, shared, true);
       if (shared_out) *shared_out = true;
